@@ -162,7 +162,7 @@ public enum MessageFlags : byte
 /// One Raft message between two replicas of a group. Replica ids are server ids.
 /// Immutable once sent.
 /// </summary>
-public sealed class Message
+public sealed record Message
 {
     public required MessageType Type { get; init; }
 

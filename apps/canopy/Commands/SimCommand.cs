@@ -1,0 +1,76 @@
+using System.CommandLine;
+using Canopy.Simulation;
+
+namespace Canopy.Cli.Commands;
+
+/// <summary><c>canopy sim ...</c>: deterministic, seeded simulations.</summary>
+public static class SimCommand
+{
+    public static Command Build()
+    {
+        var sim = new Command("sim", "Deterministic simulations: many seeded runs with injected faults, checked for violations.");
+        sim.Subcommands.Add(BuildRaft());
+        return sim;
+    }
+
+    private static Command BuildRaft()
+    {
+        var defaults = new RaftSimOptions();
+
+        var seeds = Options.Int("--seeds", "How many seeds to run (seeds 1..N).", defaults.Seeds, min: 1);
+        var seed = Options.ULong("--seed", "Run exactly this one seed (to reproduce a failure).");
+        var servers = Options.Int("--servers", "Simulated servers.", defaults.Servers, min: 3);
+        var groups = Options.Int("--groups", "Raft groups (ranges), 3 replicas each.", defaults.Groups, min: 1);
+        var duration = Options.Duration("--duration", "Simulated time of the faulty phase of each seed, before the network heals (e.g. 20s, 500ms, 2m).", defaults.Duration);
+        var noFaults = new Option<bool>("--no-faults") { Description = "Inject no faults (no loss, partitions, crashes, clock jumps or membership changes)." };
+        var plantBug = new Option<string?>("--plant-bug")
+        {
+            Description = $"Plant a known Raft bug; the run must then find violations (mutation check). One of: {string.Join(", ", RaftSimulation.PlantableBugs)}.",
+            HelpName = "name",
+        };
+        plantBug.Validators.Add(result =>
+        {
+            var name = result.GetValueOrDefault<string?>();
+            if (name is not null && !RaftSimulation.PlantableBugs.Contains(name))
+            {
+                result.AddError($"unknown bug '{name}' for --plant-bug (known: {string.Join(", ", RaftSimulation.PlantableBugs)})");
+            }
+        });
+        var parallelism = Options.Int("--parallelism", "Seeds run at once (each seed is single-threaded and deterministic).", defaults.Parallelism, min: 1);
+        var verbose = new Option<bool>("--verbose") { Description = "Print every seed's summary, not just failures." };
+
+        var raft = new Command("raft", "Run the multi-range Raft simulation over many seeds; exits 1 if any seed violates a safety property.")
+        {
+            seeds, seed, servers, groups, duration, noFaults, plantBug, parallelism, verbose,
+        };
+
+        raft.SetAction(parseResult =>
+        {
+            var oneSeed = parseResult.GetValue(seed);
+            if (oneSeed is not null && parseResult.GetResult(seeds) is { Implicit: false })
+            {
+                throw CliException.Usage("use either --seeds N (run seeds 1..N) or --seed S (run seed S), not both");
+            }
+
+            var options = defaults with
+            {
+                Seeds = oneSeed is null ? parseResult.GetValue(seeds) : 1,
+                FirstSeed = oneSeed ?? defaults.FirstSeed,
+                Servers = parseResult.GetValue(servers),
+                Groups = parseResult.GetValue(groups),
+                Duration = parseResult.GetValue(duration) ?? defaults.Duration,
+                Faults = !parseResult.GetValue(noFaults),
+                PlantBug = parseResult.GetValue(plantBug),
+                Parallelism = parseResult.GetValue(parallelism),
+                Verbose = parseResult.GetValue(verbose),
+            };
+
+            // RunMany prints failing seeds (with a replay command line) and ends with the contract line
+            // `seeds: N, violations: V`; only the exit code is left to do here.
+            var report = RaftSimulation.RunMany(options, parseResult.InvocationConfiguration.Output);
+            return report.Violations > 0 ? ExitCodes.Failure : ExitCodes.Success;
+        });
+
+        return raft;
+    }
+}

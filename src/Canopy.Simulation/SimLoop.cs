@@ -1,0 +1,51 @@
+namespace Canopy.Simulation;
+
+/// <summary>
+/// A seeded, single-threaded discrete-event loop in virtual time (microseconds). Events at the same time run
+/// in the order they were scheduled, so a seed replays identically in any process.
+/// </summary>
+public sealed class SimLoop(int seed)
+{
+    private readonly PriorityQueue<Action, (long Time, long Seq)> _queue = new();
+    private long _seq;
+
+    /// <summary>Virtual time in microseconds.</summary>
+    public long Now { get; private set; }
+
+    /// <summary>The only random source of the simulation.</summary>
+    public Random Random { get; } = new(seed);
+
+    public long Steps { get; private set; }
+
+    public int Pending => _queue.Count;
+
+    public void At(long time, Action action) => _queue.Enqueue(action, (Math.Max(time, Now), _seq++));
+
+    public void After(long delayMicros, Action action) => At(Now + delayMicros, action);
+
+    /// <summary>Runs events up to <paramref name="until"/>; after each, calls <paramref name="afterStep"/> (the checker).
+    /// Returns false if <paramref name="afterStep"/> asked to stop.</summary>
+    public bool RunUntil(long until, Func<bool> afterStep)
+    {
+        while (_queue.TryPeek(out _, out var key) && key.Time <= until)
+        {
+            var action = _queue.Dequeue();
+            Now = key.Time;
+            action();
+            Steps++;
+            if (!afterStep())
+            {
+                return false;
+            }
+        }
+
+        Now = Math.Max(Now, until);
+        return true;
+    }
+
+    public double NextDouble() => Random.NextDouble();
+
+    public bool Chance(double p) => Random.NextDouble() < p;
+
+    public long Between(long lo, long hi) => lo >= hi ? lo : lo + (long)(Random.NextDouble() * (hi - lo));
+}
