@@ -19,6 +19,7 @@ public static class CanopyCli
         var root = new RootCommand(
             "Canopy: one Godot game world replicated across a cluster of .NET servers (multi-range Raft).");
         root.Subcommands.Add(SimCommand.Build());
+        root.Subcommands.Add(RaftNodeCommand.Build());
         return root;
     }
 

@@ -393,6 +393,15 @@ internal sealed class SimWorld
             }
         }
 
+        if (_servers.Length > 3)
+        {
+            var extra = r.Next(3) * intensity;
+            for (var i = 0; i < extra; i++)
+            {
+                _loop.At(_loop.Between(1000 * Ms, end - (2000 * Ms)), ExtraLearner);
+            }
+        }
+
         var transfers = r.Next(4) * intensity;
         for (var i = 0; i < transfers; i++)
         {
@@ -408,8 +417,10 @@ internal sealed class SimWorld
             return;
         }
 
-        var s = alive[_loop.Random.Next(alive.Length)];
-        var downtime = _loop.Between(100 * Ms, 4000 * Ms);
+        // Half the crashes hit a server that currently leads something: leader churn is where Raft bugs live.
+        var leaders = alive.Where(a => a.Scheduler!.Groups.Any(g => a.Scheduler.Node(g)!.Role == RaftRole.Leader)).ToArray();
+        var s = leaders.Length > 0 && _loop.Chance(0.5) ? leaders[_loop.Random.Next(leaders.Length)] : alive[_loop.Random.Next(alive.Length)];
+        var downtime = _loop.Chance(0.5) ? _loop.Between(50 * Ms, 600 * Ms) : _loop.Between(600 * Ms, 4000 * Ms);
         if (_loop.Chance(0.6))
         {
             // Crash inside the next fsync window: the writes in flight are lost.
@@ -557,6 +568,45 @@ internal sealed class SimWorld
             {
                 _faultLog.Add($"t={_loop.Now / Ms}ms transfer g{g} s{leader.Id}->s{target}");
             }
+        }
+    }
+
+    /// <summary>Adds a learner that stays a learner for a while (groups then have one or two learners), then removes it.</summary>
+    private void ExtraLearner()
+    {
+        var g = (ulong)(1 + _loop.Random.Next(_options.Groups));
+        var leader = FindLeader(g);
+        if (leader?.Scheduler!.Node(g) is not { } node || node.Conf.Learners.Length > 1)
+        {
+            return;
+        }
+
+        var spare = _servers.Where(s => !node.Conf.Contains(s.Id)).Select(s => s.Id).ToArray();
+        if (spare.Length == 0)
+        {
+            return;
+        }
+
+        var learner = spare[_loop.Random.Next(spare.Length)];
+        if (leader.Scheduler.ProposeConfChange(g, ConfChangeType.AddLearner, learner).Ok)
+        {
+            _faultLog.Add($"t={_loop.Now / Ms}ms g{g} extra learner s{learner}");
+            var tries = 0;
+            void Remove()
+            {
+                var l = FindLeader(g);
+                if (l?.Scheduler!.Node(g) is { } n && n.Conf.IsLearner(learner) && l.Scheduler.ProposeConfChange(g, ConfChangeType.Remove, learner).Ok)
+                {
+                    return;
+                }
+
+                if (++tries < 30)
+                {
+                    _loop.After(200 * Ms, Remove);
+                }
+            }
+
+            _loop.After(_loop.Between(1000 * Ms, 4000 * Ms), Remove);
         }
     }
 

@@ -48,7 +48,13 @@ public delegate void PeerStateHandler(ulong peerId, bool connected);
 /// <summary>The connection currently carrying traffic to a peer.</summary>
 public sealed record PeerConnectionInfo(ulong PeerId, EndPoint? LocalEndPoint, EndPoint? RemoteEndPoint, bool DialedByLocal);
 
-/// <summary>Cumulative counters of a transport (a snapshot).</summary>
+/// <summary>
+/// Cumulative counters of a transport (a snapshot). Bytes include the 5-byte frame headers. FramesDropped: refused by
+/// TrySend (unknown peer, full queue, disposed). FramesLost: accepted but lost with a failed connection.
+/// ConnectionsDialed/Accepted: handshakes completed as dialer/acceptor; DuplicateConnectionsRefused: dials refused by
+/// the one-connection-per-pair rule; HandshakesRejected: bad magic/version/secret/id, timeouts, failed handshakes;
+/// ProtocolErrors: oversized frames received.
+/// </summary>
 public readonly record struct TransportCounters(
     long FramesSent,
     long BytesSent,

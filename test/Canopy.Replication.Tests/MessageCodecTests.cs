@@ -173,18 +173,18 @@ public sealed class MessageCodecTests
                     frame[random.Next(frame.Length)] = (byte)random.Next(0, 4);
                     break;
                 case 4: // insert a random byte
-                {
-                    var at = random.Next(frame.Length + 1);
-                    frame = [.. frame.AsSpan(0, at), (byte)random.Next(256), .. frame.AsSpan(at)];
-                    break;
-                }
+                    {
+                        var at = random.Next(frame.Length + 1);
+                        frame = [.. frame.AsSpan(0, at), (byte)random.Next(256), .. frame.AsSpan(at)];
+                        break;
+                    }
 
                 default: // delete a byte
-                {
-                    var at = random.Next(frame.Length);
-                    frame = [.. frame.AsSpan(0, at), .. frame.AsSpan(at + 1)];
-                    break;
-                }
+                    {
+                        var at = random.Next(frame.Length);
+                        frame = [.. frame.AsSpan(0, at), .. frame.AsSpan(at + 1)];
+                        break;
+                    }
             }
 
             decoded += DecodeOrReject(frame) ? 1 : 0;
@@ -240,14 +240,22 @@ public sealed class MessageCodecTests
     {
         var tooManyEntries = new Message
         {
-            Type = MessageType.Append, Group = 1, From = 1, To = 2, Term = 1,
+            Type = MessageType.Append,
+            Group = 1,
+            From = 1,
+            To = 2,
+            Term = 1,
             Entries = Enumerable.Range(1, MessageCodec.MaxEntriesPerMessage + 1).Select(i => new Entry((ulong)i, 1, EntryType.Normal, default)).ToArray(),
         };
         Assert.Throws<ArgumentException>(() => MessageCodec.Encode([tooManyEntries]));
 
         var tooBig = new Message
         {
-            Type = MessageType.Append, Group = 1, From = 1, To = 2, Term = 1,
+            Type = MessageType.Append,
+            Group = 1,
+            From = 1,
+            To = 2,
+            Term = 1,
             Entries = [new Entry(1, 1, EntryType.Normal, new byte[MessageCodec.MaxFrameBytes])],
         };
         Assert.True(MessageCodec.GetEncodedSize([tooBig]) > MessageCodec.MaxFrameBytes);
@@ -326,5 +334,30 @@ public sealed class MessageCodecTests
                 Assert.True(es.Data.Span.SequenceEqual(@as.Data.Span));
             }
         }
+    }
+}
+
+/// <summary>Regression: frames of minimal messages (every number fits one varint byte) were rejected as too short.</summary>
+public sealed class MessageCodecMinimalTests
+{
+    [Fact]
+    public void MinimalMessagesRoundTrip()
+    {
+        var messages = Enumerable.Range(1, 5).Select(i => new Canopy.Replication.Raft.Message
+        {
+            Type = Canopy.Replication.Raft.MessageType.PreVote,
+            Group = (ulong)i,
+            From = 1,
+            To = 2,
+            Term = 6,
+            LogTerm = 5,
+            Index = 10,
+        }).ToArray();
+        var frame = Canopy.Replication.Raft.MessageCodec.Encode(messages);
+        Assert.Equal(1 + 1 + (5 * 13), frame.Length);
+        var decoded = Canopy.Replication.Raft.MessageCodec.Decode(frame);
+        Assert.Equal(5, decoded.Length);
+        Assert.Equal(messages[4].Group, decoded[4].Group);
+        Assert.Equal(messages[0].Term, decoded[0].Term);
     }
 }

@@ -49,7 +49,7 @@ public static class MessageCodec
     public const int MaxEntriesPerMessage = 1 << 16;
 
     // Smallest possible encodings, used to bound counts by the remaining bytes before allocating arrays.
-    private const int MinMessageBytes = 14;
+    private const int MinMessageBytes = 13; // type, 7 varints, reject, hint, flags, entry count, has-snapshot
     private const int MinEntryBytes = 4;
 
     private const MessageFlags KnownFlags = MessageFlags.Transfer | MessageFlags.Quiesce;
