@@ -15,10 +15,11 @@
 //   (votes, acknowledgements) are released only when that write completes; leader appends go at once.
 //   While a write is in flight the next round's writes accumulate, so under load each sync covers more groups
 //   (group commit without a timer).
-// - Apply: committed entries are applied after their write is durable, each entry as one unsynced write
-//   (the state machine's applied index in the same batch, so applying is atomic and replayable from the log).
-// - Log compaction: once a group's applied log grows past CompactionThreshold entries it is truncated
-//   (unsynced; ordered after the applies in the engine's one write-ahead log, so never ahead of them).
+// - Apply: committed entries are applied after their write is durable. The applies of every group completed in a
+//   round go into one unsynced write batch (each group's state with its applied index, so applying is atomic and
+//   replayable from the log), written before anything reads the state machines again (snapshots).
+// - Log compaction: once a group's applied log grows past CompactionThreshold entries it is truncated, in the
+//   same batch after that group's applies, so a crash can never keep the truncation and lose the applies.
 // - Liveness: every peer gets at least one frame per tick (an empty frame is a ping). A peer not heard from for
 //   LivenessTicks is suspected, and every quiesced group it leads is woken so that its followers can elect a
 //   new leader (a quiesced follower never times out on its own).
@@ -120,6 +121,9 @@ public sealed class RaftScheduler
     private List<(Replica R, Ready Rd)>? _inFlight;
     private List<(Replica R, Ready Rd)> _next = [];
     private WriteBatch _nextBatch = new();
+
+    // Applies (and compactions, destructions) of the current round, written unsynced at the end of the round.
+    private WriteBatch _applyBatch = new();
 
     public RaftScheduler(ulong serverId, IStorageEngine engine, ILogWriter writer, IRaftTransport transport, IStateMachineFactory factory, SchedulerOptions options, int seed)
     {
@@ -343,6 +347,7 @@ public sealed class RaftScheduler
             var dirty = _dirty.ToArray();
             _dirty.Clear();
             CollectReadies(dirty);
+            FlushApplied();
         }
 
         FlushOutbox();
@@ -400,7 +405,17 @@ public sealed class RaftScheduler
             }
         }
 
+        FlushApplied();
         ProcessReady();
+    }
+
+    private void FlushApplied()
+    {
+        if (!_applyBatch.IsEmpty)
+        {
+            _engine.Write(_applyBatch, sync: false);
+            _applyBatch = new WriteBatch();
+        }
     }
 
     // ---------------------------------------------------------------- internals
@@ -469,7 +484,7 @@ public sealed class RaftScheduler
                 }
 
                 var sm = _factory.Open(m.Group, _engine);
-                _engine.Write(new WriteBatch().Put(RaftStorage.DirectoryKey(m.Group), []), sync: false);
+                _applyBatch.Put(RaftStorage.DirectoryKey(m.Group), []); // written before the snapshot's synced batch
                 var r = AddReplica(m.Group, HardState.Empty, SnapshotMeta.Empty, [], sm);
                 r.Node.Step(m);
                 _dirty.Add(m.Group);
@@ -510,13 +525,7 @@ public sealed class RaftScheduler
         var removed = false;
         foreach (var e in rd.CommittedEntries)
         {
-            var batch = new WriteBatch();
-            r.Sm.Apply(e, batch);
-            if (!batch.IsEmpty)
-            {
-                _engine.Write(batch, sync: false);
-            }
-
+            r.Sm.Apply(e, _applyBatch);
             EntriesApplied++;
             OnApplied?.Invoke(r.Group, e);
             if (e.Type == EntryType.ConfChange && !ConfState.Decode(e.Data.Span).Contains(ServerId))
@@ -550,12 +559,11 @@ public sealed class RaftScheduler
         var to = applied - (ulong)_options.CompactionKeep;
         var first = node.FirstIndex;
         var meta = node.Compact(to);
-        var batch = new WriteBatch()
+
+        // After this group's applies in the same batch: a crash keeps both or neither.
+        _applyBatch
             .Put(RaftStorage.TruncatedKey(r.Group), RaftStorage.EncodeMeta(meta))
             .DeleteRange(RaftStorage.LogKey(r.Group, first), RaftStorage.LogKey(r.Group, meta.Index + 1));
-
-        // Unsynced, and after the applies in the engine's log: a crash can lose it, never reorder it.
-        _engine.Write(batch, sync: false);
     }
 
     private void Destroy(Replica r)
@@ -563,11 +571,10 @@ public sealed class RaftScheduler
         var g = r.Group;
         _replicas.Remove(g);
         _tombstones[g] = r.Node.Applied;
-        var batch = new WriteBatch()
+        _applyBatch
             .DeleteRange(RaftStorage.GroupPrefix(g), RaftStorage.GroupEnd(g))
             .Delete(RaftStorage.DirectoryKey(g))
             .Put(RaftStorage.TombstoneKey(g), RaftStorage.EncodeTombstone(r.Node.Applied));
-        _engine.Write(batch, sync: false);
         _factory.Destroyed(g);
     }
 
