@@ -19,7 +19,10 @@ public static class CanopyCli
         var root = new RootCommand(
             "Canopy: one Godot game world replicated across a cluster of .NET servers (multi-range Raft).");
         root.Subcommands.Add(SimCommand.Build());
+        root.Subcommands.Add(StartCommand.BuildStart());
+        root.Subcommands.Add(StartCommand.BuildSingleNode());
         root.Subcommands.Add(RaftNodeCommand.Build());
+        root.Subcommands.Add(BenchRaftCommand.Build());
         return root;
     }
 

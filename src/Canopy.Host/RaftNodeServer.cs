@@ -87,6 +87,24 @@ public sealed class RaftNodeServer : IAsyncDisposable
             }
 
             log(created > 0 ? $"bootstrapped {created} groups on a new store" : "restarted from the store");
+            if (created > 0)
+            {
+                // Spread leadership: each server campaigns at once for its share of the groups.
+                var ids = options.Members.Keys.Order().ToList();
+                var mine = ids.IndexOf(options.ServerId);
+                await host.InvokeAsync(s =>
+                {
+                    for (var g = 1UL; g <= (ulong)options.Groups; g++)
+                    {
+                        if ((int)((g - 1) % (ulong)ids.Count) == mine)
+                        {
+                            s.Campaign(g);
+                        }
+                    }
+
+                    return true;
+                });
+            }
 
             var builder = WebApplication.CreateSlimBuilder();
             builder.Logging.ClearProviders();

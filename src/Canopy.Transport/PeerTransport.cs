@@ -42,6 +42,12 @@ namespace Canopy.Transport;
 /// <summary>Receives one frame. <paramref name="payload"/> is a fresh array owned by the handler.</summary>
 public delegate void FrameHandler(ulong fromPeer, byte kind, byte[] payload);
 
+/// <summary>
+/// A client (not a server) connected to the listening port: it sent the client magic "CNPC". The handler owns
+/// the socket from here on (the 4 magic bytes were consumed; the rest of the client hello follows).
+/// </summary>
+public delegate void ClientConnectionHandler(Socket socket);
+
 /// <summary>A peer's connection came up (<paramref name="connected"/> true) or went down.</summary>
 public delegate void PeerStateHandler(ulong peerId, bool connected);
 
@@ -77,6 +83,7 @@ public sealed class PeerTransport : IAsyncDisposable
     private readonly PeerTransportOptions _options;
     private readonly FrameHandler _onFrame;
     private readonly PeerStateHandler? _onPeerState;
+    private readonly ClientConnectionHandler? _onClientConnection;
     private readonly Action<string>? _log;
     private readonly Socket _listener;
     private readonly CancellationTokenSource _cts = new();
@@ -120,7 +127,8 @@ public sealed class PeerTransport : IAsyncDisposable
         PeerTransportOptions options,
         FrameHandler onFrame,
         PeerStateHandler? onPeerState = null,
-        Action<string>? log = null)
+        Action<string>? log = null,
+        ClientConnectionHandler? onClientConnection = null)
     {
         ArgumentOutOfRangeException.ThrowIfZero(localId);
         ArgumentNullException.ThrowIfNull(listenEndPoint);
@@ -132,6 +140,7 @@ public sealed class PeerTransport : IAsyncDisposable
         _options = options;
         _onFrame = onFrame;
         _onPeerState = onPeerState;
+        _onClientConnection = onClientConnection;
         _log = log;
         _mac = Handshake.ComputeMac(options.ClusterSecret);
         _incarnation = BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)) | 1;
@@ -162,6 +171,9 @@ public sealed class PeerTransport : IAsyncDisposable
     }
 
     public ulong LocalId { get; }
+
+    /// <summary>The first 4 bytes a client (rather than a server) sends on the listening port.</summary>
+    public static ReadOnlySpan<byte> ClientMagic => "CNPC"u8;
 
     /// <summary>The bound listening endpoint.</summary>
     public IPEndPoint LocalEndPoint { get; }
@@ -332,7 +344,17 @@ public sealed class PeerTransport : IAsyncDisposable
             Configure(conn.Socket);
             timeout.CancelAfter(_options.HandshakeTimeout);
             var hello = new byte[Handshake.HelloBytes];
-            await ReadExactlyAsync(conn.Socket, hello, timeout.Token);
+            await ReadExactlyAsync(conn.Socket, hello.AsMemory(0, 4), timeout.Token);
+            if (_onClientConnection is { } onClient && hello.AsSpan(0, 4).SequenceEqual(ClientMagic))
+            {
+                // A client, not a server: hand the socket over (the client protocol is not ours to speak here).
+                _connections.TryRemove(conn, out _);
+                activated = true;
+                onClient(conn.Socket);
+                return;
+            }
+
+            await ReadExactlyAsync(conn.Socket, hello.AsMemory(4), timeout.Token);
 
             var check = Handshake.Check(hello, _mac, out var peerId, out var incarnation, out var version);
             var refusal = check switch

@@ -196,9 +196,9 @@ public sealed class RaftScheduler
 
     /// <summary>
     /// Creates a group's replica for a new cluster with the initial membership (every initial member does the
-    /// same). Durable when this returns.
+    /// same, with the same <paramref name="initialState"/>: the state machine's snapshot format). Durable when this returns.
     /// </summary>
-    public void Bootstrap(ulong group, ConfState conf)
+    public void Bootstrap(ulong group, ConfState conf, ReadOnlyMemory<byte> initialState = default)
     {
         if (_replicas.ContainsKey(group))
         {
@@ -209,7 +209,7 @@ public sealed class RaftScheduler
         var hs = new HardState(BootstrapTerm, 0, BootstrapIndex);
         var sm = _factory.Open(group, _engine);
         var batch = new WriteBatch();
-        sm.Install(new Snapshot(meta, ReadOnlyMemory<byte>.Empty), batch);
+        sm.Install(new Snapshot(meta, initialState), batch);
         batch.Put(RaftStorage.DirectoryKey(group), []);
         batch.Put(RaftStorage.HardStateKey(group), RaftStorage.EncodeHardState(hs));
         batch.Put(RaftStorage.TruncatedKey(group), RaftStorage.EncodeMeta(meta));

@@ -52,8 +52,9 @@
 //
 // Quiescence: an idle leader (everything committed, applied and acknowledged by every member) sends a
 // quiescing heartbeat and stops ticking; followers whose log matches stop ticking too. Any message,
-// proposal or Wake() restarts ticking. A quiesced follower whose leader dies must be woken by the driver's
-// failure detector (raft-pitfalls 17).
+// proposal or Wake() restarts ticking. A quiesced follower woken by a message from anyone but its leader wakes the
+// leader in turn (so a pre-vote cannot quietly run out a quiesced leader's lease). A quiesced follower whose leader
+// dies must be woken by the driver's failure detector (raft-pitfalls 17).
 //
 // Failure cases: messages may be lost, duplicated, delayed and reordered; every handler tolerates stale
 // input (lower terms are answered so a stale leader learns, stale responses cannot move Match back or the
@@ -495,7 +496,15 @@ public sealed class RaftNode
         var quiet = (m.Type == MessageType.Heartbeat && (m.Flags & MessageFlags.Quiesce) != 0) || m.Type == MessageType.HeartbeatResp;
         if (!quiet)
         {
+            // A quiesced follower woken by someone other than its leader (a pre-vote, say) wakes the leader too:
+            // otherwise its election clock runs while the leader stays silent, and it deposes a healthy leader.
+            var wakeLeader = IsQuiesced && Role == RaftRole.Follower && Leader != 0 && m.From != Leader;
             Wake();
+            if (wakeLeader)
+            {
+                // Acknowledges what it holds (it matched the leader's log when it quiesced); not a quiet message.
+                Send(NewMessage(MessageType.AppendResp, Leader) with { Index = _log.LastIndex }, now: false);
+            }
         }
 
         if (m.Term > Term)
