@@ -23,6 +23,10 @@ public static class CanopyCli
         root.Subcommands.Add(StartCommand.BuildSingleNode());
         root.Subcommands.Add(RaftNodeCommand.Build());
         root.Subcommands.Add(BenchRaftCommand.Build());
+        root.Subcommands.Add(InitCommand.Build());
+        root.Subcommands.Add(KvCommand.Build());
+        root.Subcommands.Add(RangeCommand.Build());
+        root.Subcommands.Add(NodeCommand.Build());
         return root;
     }
 

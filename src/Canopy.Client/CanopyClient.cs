@@ -40,7 +40,7 @@ public sealed class CanopyClient : IAsyncDisposable
     private readonly CancellationTokenSource _disposing = new();
     private readonly object _nodesGate = new();
     private Task? _nodesRefresh;
-    private long _nodesRefreshedAt = long.MinValue;
+    private long _nodesRefreshedAt; // Environment.TickCount64 of the last refresh; 0: never
     private int _disposed;
 
     private CanopyClient(IReadOnlyList<string> seeds, CanopyClientOptions options)
@@ -170,6 +170,7 @@ public sealed class CanopyClient : IAsyncDisposable
                 ct).ConfigureAwait(false);
 
             var page = response.Rows ?? [];
+            var added = 0;
             foreach (var row in page)
             {
                 // Defensive: keep only rows in the asked span, ascending, never twice.
@@ -182,13 +183,14 @@ public sealed class CanopyClient : IAsyncDisposable
 
                 rows.Add(row.Value is null ? row with { Value = [] } : row);
                 lastKey = row.Key;
+                added++;
                 if (limit > 0 && rows.Count >= limit)
                 {
                     break;
                 }
             }
 
-            if (page.Count >= want && lastKey is not null)
+            if (page.Count >= want && added > 0 && lastKey is not null)
             {
                 // A full page: there may be more in this range.
                 cursor = [.. lastKey, 0x00];
@@ -547,20 +549,26 @@ public sealed class CanopyClient : IAsyncDisposable
         throw new CanopyUnavailableException(tried.Length == 0 ? "no server answered" : tried);
     }
 
+    /// <summary>Connects to <paramref name="address"/> and pings it, all within ConnectTimeout. Null when it answered.</summary>
     private async Task<(int Index, string? Error)> PingAsync(int index, string address, CancellationToken ct)
     {
+        var startedAt = Environment.TickCount64;
         try
         {
-            await CallOnceAsync(address, new RpcRequest { Method = RpcMethods.Ping }, _options.ConnectTimeout, ct).ConfigureAwait(false);
+            var rpc = await _pool.ConnectAsync(address, _options.ConnectTimeout, ct).ConfigureAwait(false);
+            var left = _options.ConnectTimeout - TimeSpan.FromMilliseconds(Environment.TickCount64 - startedAt);
+            await rpc.CallAsync(new RpcRequest { Method = RpcMethods.Ping }, Max(left, TimeSpan.FromMilliseconds(100)), ct).ConfigureAwait(false);
             return (index, null);
         }
         catch (Exception ex) when (ex is RpcConnectionException or TimeoutException)
         {
+            OnServerFailed(address);
             return (index, ex.Message);
         }
-        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        catch (Exception ex)
         {
-            return (index, "cancelled");
+            // Cancelled, or the client was disposed while this probe ran in the background.
+            return (index, ex.Message);
         }
     }
 
@@ -654,7 +662,7 @@ public sealed class CanopyClient : IAsyncDisposable
             {
                 refresh = running;
             }
-            else if (Environment.TickCount64 - _nodesRefreshedAt < (long)NodeRefreshInterval.TotalMilliseconds)
+            else if (_nodesRefreshedAt != 0 && Environment.TickCount64 - _nodesRefreshedAt < (long)NodeRefreshInterval.TotalMilliseconds)
             {
                 return Task.CompletedTask;
             }
@@ -745,6 +753,8 @@ public sealed class CanopyClient : IAsyncDisposable
     }
 
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
+
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
 
     /// <summary>The smaller of two exclusive end keys (null = the end of the key space).</summary>
     private static byte[]? MinEnd(byte[]? a, byte[]? b) =>

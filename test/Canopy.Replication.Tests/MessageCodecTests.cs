@@ -227,7 +227,7 @@ public sealed class MessageCodecTests
         AssertRejected(Frame([1, 1, 11, .. new byte[13]]));
         AssertRejected(Frame([1, 1, 0, .. new byte[13]]));
         var hb = MessageCodec.Encode([Heartbeat()]);
-        AssertRejected(Frame([.. hb[..^4], 2, .. hb[^3..]]));           // reject = 2
+        AssertRejected(Frame([.. hb[..^5], 2, .. hb[^4..]]));           // reject = 2 (then hint, flags, entry count, snapshot flag)
         AssertRejected(Frame([.. hb[..^3], 4, .. hb[^2..]]));           // flags = 4
         AssertRejected(Frame([.. hb[..^1], 2]));                        // snapshot presence = 2
         AssertRejected(Frame([.. hb, 0]));                              // trailing byte

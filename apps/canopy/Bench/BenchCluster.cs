@@ -32,7 +32,11 @@ internal sealed class BenchCluster : IAsyncDisposable
     public long Syncs => Hosts.Sum(h => h.Counters.Syncs);
 
     /// <summary>Total milliseconds spent in synced log writes by the three servers so far.</summary>
-    public double SyncMs => Hosts.Sum(h => h.Counters.Syncs * h.Counters.MeanSyncMs);
+    public double SyncMs => Hosts.Sum(h =>
+    {
+        var c = h.Counters;
+        return c.Syncs * c.MeanSyncMs;
+    });
 
     /// <summary>Frames sent by the three servers so far.</summary>
     public long FramesSent => Hosts.Sum(h => h.TransportCounters.FramesSent);

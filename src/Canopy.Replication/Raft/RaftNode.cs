@@ -310,8 +310,13 @@ public sealed class RaftNode
     /// <summary>Has a configuration (received a snapshot or was bootstrapped).</summary>
     public bool IsInitialized => !_log.Conf.IsEmpty;
 
-    /// <summary>May campaign: initialised and a voter in its own configuration.</summary>
-    public bool IsPromotable => _log.Conf.IsVoter(Id);
+    /// <summary>
+    /// May campaign: a voter in its latest configuration, or — while a later configuration that removes it is not
+    /// committed — in the committed one. (Otherwise a server holding the most up-to-date log with an uncommitted
+    /// removal of itself would neither campaign nor vote for anyone less up to date: the group would be stuck.
+    /// Its votes are still tallied by its latest configuration, as Raft requires.)
+    /// </summary>
+    public bool IsPromotable => _log.Conf.IsVoter(Id) || (_log.LastConfIndex > _log.Committed && _log.ConfAt(_log.Committed).IsVoter(Id));
 
     /// <summary>Term of the entry at <paramref name="index"/> (0 past the end, null if compacted).</summary>
     public ulong? TermAt(ulong index) => _log.Term(index);
