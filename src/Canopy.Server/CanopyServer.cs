@@ -83,7 +83,8 @@ public sealed class CanopyServer : IAsyncDisposable
     /// <summary>Keys starting with this byte are the system's (range descriptors); clients may not write them.</summary>
     public const byte SystemKeyPrefix = 0x00;
 
-    private static readonly TimeSpan ProposalTimeout = TimeSpan.FromSeconds(10);
+    // Below the client's per-attempt timeout (5 s), so an ambiguous outcome reaches the client as such.
+    private static readonly TimeSpan ProposalTimeout = TimeSpan.FromSeconds(4);
 
     private readonly ServerOptions _options;
     private readonly IStorageEngine _engine;

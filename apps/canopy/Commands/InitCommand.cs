@@ -10,7 +10,7 @@ public static class InitCommand
     public static Command Build()
     {
         var host = ClusterCli.HostOption();
-        var cmd = new Command("init", "Initialise a new cluster whose servers were started with --join (run once).") { host };
+        var cmd = new Command("init", "Initialise a new cluster whose servers were started with --join (safe to repeat: an initialised cluster is left as it is).") { host };
         cmd.SetAction((parseResult, ct) => ClusterCli.RunAsync(parseResult, host, ct, async (client, output) =>
         {
             try
@@ -19,7 +19,9 @@ public static class InitCommand
             }
             catch (CanopyRpcException ex) when (ex.Code == RpcErrorCode.AlreadyInitialized)
             {
-                throw new CliException(ex.Message.Length > 0 ? ex.Message : "the cluster is already initialised");
+                // Idempotent for scripts: a retry after a lost answer (or a slow first attempt) must not fail forever.
+                output.WriteLine(ex.Message.Length > 0 ? ex.Message : "the cluster is already initialised");
+                return ExitCodes.Success;
             }
 
             output.WriteLine("cluster initialised");
