@@ -49,6 +49,8 @@ public sealed class RaftNodeServer : IAsyncDisposable
     private readonly RaftHost _host;
     private readonly KvStateMachineFactory _machines;
     private readonly WebApplication _web;
+    private readonly CancellationTokenSource _stop = new();
+    private Task _balancer = Task.CompletedTask;
 
     private RaftNodeServer(RaftHost host, KvStateMachineFactory machines, WebApplication web)
     {
@@ -87,16 +89,15 @@ public sealed class RaftNodeServer : IAsyncDisposable
             }
 
             log(created > 0 ? $"bootstrapped {created} groups on a new store" : "restarted from the store");
+            var ids = options.Members.Keys.Order().ToList();
             if (created > 0)
             {
                 // Spread leadership: each server campaigns at once for its share of the groups.
-                var ids = options.Members.Keys.Order().ToList();
-                var mine = ids.IndexOf(options.ServerId);
                 await host.InvokeAsync(s =>
                 {
                     for (var g = 1UL; g <= (ulong)options.Groups; g++)
                     {
-                        if ((int)((g - 1) % (ulong)ids.Count) == mine)
+                        if (Preferred(g, ids) == options.ServerId)
                         {
                             s.Campaign(g);
                         }
@@ -113,6 +114,7 @@ public sealed class RaftNodeServer : IAsyncDisposable
             var server = new RaftNodeServer(host, machines, web);
             server.MapRoutes();
             await web.StartAsync();
+            server._balancer = Task.Run(() => server.BalanceLeadershipAsync(ids));
             return server;
         }
         catch
@@ -124,6 +126,8 @@ public sealed class RaftNodeServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        _stop.Cancel();
+        await _balancer;
         await _web.StopAsync();
         await _web.DisposeAsync();
         await _host.DisposeAsync();
@@ -213,6 +217,47 @@ public sealed class RaftNodeServer : IAsyncDisposable
             var ok = await _host.InvokeAsync(s => s.TransferLeadership(group, to));
             ctx.Response.StatusCode = ok ? 200 : 409;
         });
+    }
+
+    /// <summary>The server that should lead group <paramref name="group"/>: groups are dealt round-robin.</summary>
+    private static ulong Preferred(ulong group, List<ulong> ids) => ids[(int)((group - 1) % (ulong)ids.Count)];
+
+    /// <summary>
+    /// Every second, hands each group this server leads but should not back to its preferred server, once that
+    /// server is connected and holds the whole log (a leadership transfer, no election timeout). Keeps leadership
+    /// spread after servers start at different times or come back after a crash.
+    /// </summary>
+    private async Task BalanceLeadershipAsync(List<ulong> ids)
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(1), _stop.Token);
+                await _host.InvokeAsync(s =>
+                {
+                    foreach (var g in s.Groups.ToArray())
+                    {
+                        var preferred = Preferred(g, ids);
+                        if (s.Node(g) is { Role: RaftRole.Leader } n && preferred != n.Id && _host.IsConnected(preferred)
+                            && n.ProgressOf(preferred) is { } p && p.Match == n.LastIndex)
+                        {
+                            s.TransferLeadership(g, preferred);
+                        }
+                    }
+
+                    return true;
+                });
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (InvalidOperationException)
+            {
+                return; // the host is stopping
+            }
+        }
     }
 
     private static bool TryGroup(HttpContext ctx, out ulong group) => ulong.TryParse(ctx.Request.Query["group"], out group) && group > 0;

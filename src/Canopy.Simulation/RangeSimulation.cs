@@ -127,6 +127,16 @@ public static class RangeSimulation
             s += " --evaluation-pauses";
         }
 
+        if (!options.CatchUpBeforeServing)
+        {
+            s += " --serve-before-catch-up";
+        }
+
+        if (options.HistoryCheckOnly)
+        {
+            s += " --history-check-only";
+        }
+
         if (options.PlantBug is { } bug)
         {
             s += $" --plant-bug {bug}";
@@ -233,7 +243,7 @@ internal sealed class RangeSimWorld
         var r = _loop.Random;
         MaxOffset = TimeSpan.FromMilliseconds(r.Next(3) switch { 0 => 100, 1 => 250, _ => 500 });
         LeaseDuration = TimeSpan.FromMilliseconds(r.Next(3) switch { 0 => 1500, 1 => 2000, _ => 3000 });
-        Checker = new RangeSimChecker(MaxOffset);
+        Checker = new RangeSimChecker(MaxOffset, enforce: !options.HistoryCheckOnly);
         _schedulerOptions = new SchedulerOptions
         {
             ElectionTicks = ElectionTicks,
@@ -272,6 +282,8 @@ internal sealed class RangeSimWorld
     public RangeSimBug Bug { get; }
 
     public bool EvaluationPauses => _options.EvaluationPauses;
+
+    public bool CatchUpBeforeServing => _options.CatchUpBeforeServing;
 
     public TimeSpan MaxOffset { get; }
 
@@ -459,6 +471,11 @@ internal sealed class RangeSimWorld
             {
                 server.Receive(request, resp => ClientHop(() => OnResponse(client, op, attempt, target, resp)));
             }
+            else
+            {
+                // Connection refused: the request provably never got in.
+                ClientHop(() => OnResponse(client, op, attempt, target, new SimResponse(SimStatus.Unavailable, 0, 0)));
+            }
         });
 
         var timeout = (long)LeaseDuration.TotalMicroseconds + (2000 * Ms);
@@ -466,6 +483,7 @@ internal sealed class RangeSimWorld
         {
             if (client.Current == op && op.Attempts == attempt)
             {
+                client.Leaseholders.Remove(RangeOf(op.Key));
                 if (op.Write)
                 {
                     Finish(client, op, SimStatus.Ambiguous, 0); // no answer: the write may have been proposed
@@ -913,6 +931,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
     private readonly Dictionary<ulong, RangeReplica> _replicas = [];
     private readonly Dictionary<ulong, SortedList<ulong, (ulong Term, Action<ProposalOutcome, ulong> Done)>> _pending = [];
     private readonly Dictionary<ulong, long> _leaseProposals = [];
+    private readonly Dictionary<ulong, ulong> _recoveredCommit = [];
     private readonly HashSet<int> _latched = [];
     private readonly Dictionary<int, Queue<Action>> _latchWaiters = [];
     private int _incarnation;
@@ -960,6 +979,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         _replicas.Clear();
         _pending.Clear();
         _leaseProposals.Clear();
+        _recoveredCommit.Clear();
         _latched.Clear();
         _latchWaiters.Clear();
         Clock = new HybridClock(_time, _world.MaxOffset);
@@ -986,6 +1006,11 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         _world.Checker.OnRestart(Id);
         NewProcess();
         Scheduler!.Load();
+        foreach (var g in Scheduler.Groups)
+        {
+            _recoveredCommit[g] = Scheduler.Node(g)!.Committed;
+        }
+
         StartTimers(_world.Loop.Random.Next(50_000));
     }
 
@@ -1230,6 +1255,17 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         }
 
         var sm = replica.Inner;
+        if (_world.CatchUpBeforeServing && _recoveredCommit.TryGetValue(group, out var recovered))
+        {
+            if (sm.Applied < recovered)
+            {
+                reply(new SimResponse(SimStatus.Unavailable, 0, 0)); // still re-applying what the crash lost
+                return;
+            }
+
+            _recoveredCommit.Remove(group);
+        }
+
         var key = _world.KeyBytes(req.Key);
         Latch(req.Key, () =>
         {

@@ -33,6 +33,20 @@ public sealed record RangeSimOptions
     /// </summary>
     public bool EvaluationPauses { get; init; }
 
+    /// <summary>
+    /// After a restart, serve a range only once its replica re-applied every entry up to the commit index it
+    /// recovered (the applies are written unsynced, so a crash can lose them while the log keeps them). On by
+    /// default: this is the fix of a bug of CanopyServer, which serves at once (stale reads of acknowledged writes;
+    /// set false to simulate CanopyServer as it is).
+    /// </summary>
+    public bool CatchUpBeforeServing { get; init; } = true;
+
+    /// <summary>
+    /// Check only what clients observe (linearizability of every key's history, liveness), not the lease invariants
+    /// at every apply and serve. To measure what the history checker finds on its own.
+    /// </summary>
+    public bool HistoryCheckOnly { get; init; }
+
     /// <summary>Seeds run at once (each seed is single-threaded and deterministic).</summary>
     public int Parallelism { get; init; } = Environment.ProcessorCount;
 

@@ -102,11 +102,13 @@ public static class SimCommand
         });
         var parallelism = Options.Int("--parallelism", "Seeds run at once (each seed is single-threaded and deterministic).", defaults.Parallelism, min: 1);
         var verbose = new Option<bool>("--verbose") { Description = "Print every seed's summary, not just failures." };
+        var asIs = new Option<bool>("--serve-before-catch-up") { Description = "After a restart, serve before re-applying the committed entries the crash lost from the state machine, as CanopyServer does today (a known bug)." };
+        var historyOnly = new Option<bool>("--history-check-only") { Description = "Check only client histories (linearizability) and liveness, not the lease invariants." };
         var trace = new Option<bool>("--trace") { Description = "With --seed: print every client operation, serve and lease change of the seed." };
 
         var command = new Command("ranges", "Run the range-layer simulation (leases, evaluation, linearizability of client histories) over many seeds; exits 1 if any seed violates a property.")
         {
-            seeds, seed, servers, ranges, keys, duration, noFaults, pauses, plantBug, parallelism, verbose, trace,
+            seeds, seed, servers, ranges, keys, duration, noFaults, pauses, asIs, historyOnly, plantBug, parallelism, verbose, trace,
         };
 
         command.SetAction(parseResult =>
@@ -133,6 +135,8 @@ public static class SimCommand
                 Duration = parseResult.GetValue(duration) ?? defaults.Duration,
                 Faults = !parseResult.GetValue(noFaults),
                 EvaluationPauses = parseResult.GetValue(pauses),
+                CatchUpBeforeServing = !parseResult.GetValue(asIs),
+                HistoryCheckOnly = parseResult.GetValue(historyOnly),
                 PlantBug = parseResult.GetValue(plantBug),
                 Parallelism = parseResult.GetValue(parallelism),
                 Verbose = parseResult.GetValue(verbose) || oneSeed is not null,

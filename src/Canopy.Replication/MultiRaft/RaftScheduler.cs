@@ -11,7 +11,8 @@
 //   groups) to the same server goes out as one batch (IRaftTransport.Send); heartbeats are thereby coalesced,
 //   each still carrying its group's own term and commit index.
 // - One durable write per round: the hard states, entries and snapshots of every group that became ready
-//   together go into one WriteBatch, written and synced once (ILogWriter). Messages that promise durable state
+//   together go into one WriteBatch, written and synced once (ILogWriter). A change of the commit index alone is
+//   not synced (Raft does not need it durable): it goes into the round's apply batch, before the applies. Messages that promise durable state
 //   (votes, acknowledgements) are released only when that write completes; leader appends go at once.
 //   While a write is in flight the next round's writes accumulate, so under load each sync covers more groups
 //   (group commit without a timer).
@@ -386,7 +387,13 @@ public sealed class RaftScheduler
             }
             else
             {
-                // Nothing to make durable: what it promises is already durable.
+                // Nothing to make durable: what it promises is already durable. A new commit index alone is written
+                // unsynced, in the apply batch before the applies it allows (a crash loses both or neither).
+                if (rd.HardState is { } hs)
+                {
+                    _applyBatch.Put(RaftStorage.HardStateKey(g), RaftStorage.EncodeHardState(hs));
+                }
+
                 Complete(r, rd);
             }
         }

@@ -8,7 +8,8 @@
 //   1. Ready.MessagesNow            may be sent at once (leader appends/heartbeats/snapshots, pre-votes,
 //                                   TimeoutNow): they promise nothing about this server's durable state.
 //   2. Ready.HardState, Snapshot,   must be made durable, in that order, in one atomic write
-//      Entries                      (Entries replace any persisted entries from Entries[0].Index on).
+//      Entries                      (Entries replace any persisted entries from Entries[0].Index on). When only the
+//                                   commit index changed (MustPersist false) the write need not be synced.
 //   3. Ready.MessagesAfterPersist   only after (2) is durable: votes and every response (a vote or an
 //                                   acknowledgement promises durable state — raft-pitfalls 1, 15).
 //   4. Ready.CommittedEntries       apply in order, only after (2); they are durable here and committed.
@@ -219,8 +220,12 @@ public sealed class Ready
 
     public ulong Term { get; init; }
 
-    /// <summary>True if anything must be written (and synced) before the after-persist messages go.</summary>
-    public bool MustPersist => HardState is not null || Snapshot is not null || Entries.Length > 0;
+    /// <summary>
+    /// True if something must be written and synced before the after-persist messages go: entries, a snapshot, or a
+    /// new term or vote. A change of the commit index alone need not be durable (a restarted replica relearns it
+    /// from the leader); the driver may write it without a sync, before the entries it lets apply.
+    /// </summary>
+    public bool MustPersist { get; init; }
 }
 
 /// <summary>One replica of one Raft group. Not thread-safe: the driver serialises all calls.</summary>
@@ -620,11 +625,14 @@ public sealed class RaftNode
         }
 
         var hs = CurrentHardState();
+        var snapshot = _log.PendingSnapshot;
+        var entries = _log.UnstableEntries();
         var rd = new Ready
         {
             HardState = hs != _lastHardState ? hs : null,
-            Snapshot = _log.PendingSnapshot,
-            Entries = _log.UnstableEntries(),
+            MustPersist = snapshot is not null || entries.Length > 0 || hs.Term != _lastHardState.Term || hs.Vote != _lastHardState.Vote,
+            Snapshot = snapshot,
+            Entries = entries,
             CommittedEntries = _log.NextCommitted(_cfg.MaxApplyBytes),
             MessagesNow = _msgsNow,
             MessagesAfterPersist = _msgsAfter,
