@@ -127,9 +127,9 @@ public static class RangeSimulation
             s += " --evaluation-pauses";
         }
 
-        if (!options.CatchUpBeforeServing)
+        if (!options.ServerFixes)
         {
-            s += " --serve-before-catch-up";
+            s += " --as-server";
         }
 
         if (options.HistoryCheckOnly)
@@ -283,7 +283,7 @@ internal sealed class RangeSimWorld
 
     public bool EvaluationPauses => _options.EvaluationPauses;
 
-    public bool CatchUpBeforeServing => _options.CatchUpBeforeServing;
+    public bool ServerFixes => _options.ServerFixes;
 
     public TimeSpan MaxOffset { get; }
 
@@ -1255,7 +1255,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         }
 
         var sm = replica.Inner;
-        if (_world.CatchUpBeforeServing && _recoveredCommit.TryGetValue(group, out var recovered))
+        if (_world.ServerFixes && _recoveredCommit.TryGetValue(group, out var recovered))
         {
             if (sm.Applied < recovered)
             {
@@ -1291,19 +1291,32 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
                 {
                     // A GC pause or preemption between the lease check and the timestamp.
                     StallUntil = Math.Max(StallUntil, _world.Loop.Now + _world.Loop.Between(0, 2 * (long)_world.MaxOffset.TotalMicroseconds));
-                    Run(() => Evaluate(group, sm, req, key, lease, checkedAt, early, Respond));
+                    Run(() => Evaluate(group, sm, req, key, lease, checkedAt, early, deadline, Respond));
                 }
                 else
                 {
-                    Evaluate(group, sm, req, key, lease, checkedAt, early, Respond);
+                    Evaluate(group, sm, req, key, lease, checkedAt, early, deadline, Respond);
                 }
             });
         });
     }
 
-    private void Evaluate(ulong group, RangeStateMachine sm, SimRequest req, byte[] key, Lease lease, HlcTimestamp checkedAt, HlcTimestamp? early, Action<SimResponse> respond)
+    private void Evaluate(ulong group, RangeStateMachine sm, SimRequest req, byte[] key, Lease lease, HlcTimestamp checkedAt, HlcTimestamp? early, long deadline, Action<SimResponse> respond)
     {
         var ts = early ?? Clock.Now();
+        if (_world.ServerFixes && early is null)
+        {
+            // The fix: the lease is checked at the request's own timestamp (and its lease read again).
+            lease = sm.Lease;
+            if (!lease.CanServe(Id, ts, _world.MaxOffset))
+            {
+                EnsureLease(group, sm, deadline, respond, (l, c) => Evaluate(group, sm, req, key, l, c, early, deadline, respond));
+                return;
+            }
+
+            checkedAt = ts;
+        }
+
         _world.Trace($"s{Id} serves {(req.Write ? $"write {req.Value}" : "read")} of {_world.KeyName(req.Key)} at {ts} under lease {lease.Sequence}");
         _world.Checker.OnServe(Id, group, lease, checkedAt, ts, _world.Loop.Now, req.Write ? $"a write of {_world.KeyName(req.Key)}" : $"a read of {_world.KeyName(req.Key)}");
         if (!req.Write)

@@ -34,12 +34,16 @@ public sealed record RangeSimOptions
     public bool EvaluationPauses { get; init; }
 
     /// <summary>
-    /// After a restart, serve a range only once its replica re-applied every entry up to the commit index it
-    /// recovered (the applies are written unsynced, so a crash can lose them while the log keeps them). On by
-    /// default: this is the fix of a bug of CanopyServer, which serves at once (stale reads of acknowledged writes;
-    /// set false to simulate CanopyServer as it is).
+    /// Apply the fixes of the two CanopyServer bugs this simulation found. On by default; false simulates
+    /// CanopyServer exactly as it is:
+    /// - after a restart, serve a range only once its replica re-applied every entry up to the commit index it
+    ///   recovered (applies are written unsynced, so a crash can lose them while the log keeps them; CanopyServer
+    ///   serves at once, from a state that can miss acknowledged writes: stale reads);
+    /// - take the request's timestamp first and check the lease at that timestamp (CanopyServer checks the lease
+    ///   at one HLC time and then takes a new timestamp, so a pause in between serves outside the lease; see
+    ///   <see cref="EvaluationPauses"/>).
     /// </summary>
-    public bool CatchUpBeforeServing { get; init; } = true;
+    public bool ServerFixes { get; init; } = true;
 
     /// <summary>
     /// Check only what clients observe (linearizability of every key's history, liveness), not the lease invariants

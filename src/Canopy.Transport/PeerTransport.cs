@@ -149,10 +149,16 @@ public sealed class PeerTransport : IAsyncDisposable
         _listener = new Socket(listenEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            if (!OperatingSystem.IsWindows())
+            // Lets a restarted server bind its port while old connections linger in TIME_WAIT. Only SO_REUSEADDR:
+            // .NET's SocketOptionName.ReuseAddress also sets SO_REUSEPORT on Unix, which would let a second server
+            // bind the same port and silently share its connections.
+            if (OperatingSystem.IsLinux())
             {
-                // Lets a restarted server bind its port while old connections linger in TIME_WAIT.
-                _listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                _listener.SetRawSocketOption(1 /* SOL_SOCKET */, 2 /* SO_REUSEADDR */, BitConverter.GetBytes(1));
+            }
+            else if (OperatingSystem.IsMacOS() || OperatingSystem.IsFreeBSD())
+            {
+                _listener.SetRawSocketOption(0xffff /* SOL_SOCKET */, 4 /* SO_REUSEADDR */, BitConverter.GetBytes(1));
             }
 
             _listener.Bind(listenEndPoint);

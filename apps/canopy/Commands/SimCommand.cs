@@ -102,7 +102,7 @@ public static class SimCommand
         });
         var parallelism = Options.Int("--parallelism", "Seeds run at once (each seed is single-threaded and deterministic).", defaults.Parallelism, min: 1);
         var verbose = new Option<bool>("--verbose") { Description = "Print every seed's summary, not just failures." };
-        var asIs = new Option<bool>("--serve-before-catch-up") { Description = "After a restart, serve before re-applying the committed entries the crash lost from the state machine, as CanopyServer does today (a known bug)." };
+        var asIs = new Option<bool>("--as-server") { Description = "Simulate CanopyServer exactly as it is, without the fixes of the bugs this simulation found (serving before catching up after a restart; checking the lease before taking the timestamp)." };
         var historyOnly = new Option<bool>("--history-check-only") { Description = "Check only client histories (linearizability) and liveness, not the lease invariants." };
         var trace = new Option<bool>("--trace") { Description = "With --seed: print every client operation, serve and lease change of the seed." };
 
@@ -135,7 +135,7 @@ public static class SimCommand
                 Duration = parseResult.GetValue(duration) ?? defaults.Duration,
                 Faults = !parseResult.GetValue(noFaults),
                 EvaluationPauses = parseResult.GetValue(pauses),
-                CatchUpBeforeServing = !parseResult.GetValue(asIs),
+                ServerFixes = !parseResult.GetValue(asIs),
                 HistoryCheckOnly = parseResult.GetValue(historyOnly),
                 PlantBug = parseResult.GetValue(plantBug),
                 Parallelism = parseResult.GetValue(parallelism),
