@@ -464,7 +464,9 @@ public sealed class RangeStateMachineTests
         var valid = new RangeCommand.WriteCommand(1, [new MvccWrite(S("d"), T(120), S("w"))]).Encode();
         var lease = new RangeCommand.LeaseCommand(new Lease(2, T(300), T(400), 0), 1, false).Encode();
         var random = new Random(7);
-        var inputs = new List<byte[]> { new byte[] { 0 }, new byte[] { 3 }, new byte[] { 0xFF, 0xFF }, valid[..^1], valid[..9], lease[..^1], lease[..1] };
+        var hostile = (byte[])valid.Clone();
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(hostile.AsSpan(17), int.MaxValue); // the key's length
+        var inputs = new List<byte[]> { new byte[] { 0 }, new byte[] { 3 }, new byte[] { 0xFF, 0xFF }, valid[..^1], valid[..9], lease[..^1], lease[..1], hostile };
         for (var i = 0; i < 500; i++)
         {
             var garbage = new byte[random.Next(1, 64)];
