@@ -22,7 +22,9 @@ public static class CanopyCli
         root.Subcommands.Add(StartCommand.BuildStart());
         root.Subcommands.Add(StartCommand.BuildSingleNode());
         root.Subcommands.Add(RaftNodeCommand.Build());
-        root.Subcommands.Add(BenchRaftCommand.Build());
+        var bench = BenchRaftCommand.Build();
+        bench.Subcommands.Add(BenchKvCommand.Build());
+        root.Subcommands.Add(bench);
         root.Subcommands.Add(InitCommand.Build());
         root.Subcommands.Add(KvCommand.Build());
         root.Subcommands.Add(RangeCommand.Build());

@@ -100,7 +100,8 @@ internal ref struct ByteReader(ReadOnlySpan<byte> data)
 
     private readonly void Need(int n)
     {
-        if (n < 0 || _pos + n > _data.Length)
+        // Not `_pos + n > _data.Length`: a length near int.MaxValue would overflow that sum and pass the check.
+        if (n < 0 || n > _data.Length - _pos)
         {
             throw new FormatException("range codec: truncated");
         }

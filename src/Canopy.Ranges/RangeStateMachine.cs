@@ -12,9 +12,10 @@
 // - a write applies only if the lease it was evaluated under is still in force (same sequence): a deposed
 //   leaseholder's late proposals do nothing (ApplyResult.LeaseChanged);
 // - every written key lies in the range's span (else Rejected);
-// - a lease request applies only if the lease it saw is still in force; an extension by the holder keeps the
-//   sequence and never shortens the lease; a new holder's lease must start after the previous lease's expiration;
-//   a transfer must come from the current holder and starts a new sequence.
+// - a lease request applies only if the lease it saw is still in force; an extension by the holder (starting
+//   before the current lease expires) keeps the sequence and start and never shortens the lease; any lease starting
+//   after the current one expired is new: new start, sequence + 1 (even for the same holder: a restarted server
+//   takes a new lease rather than reviving the one it held before its restart); transfers are refused for now.
 // Snapshots carry the descriptor, the lease and every engine key of the span, and replace all of it atomically.
 namespace Canopy.Ranges;
 
@@ -94,7 +95,7 @@ public sealed class RangeStateMachine : IReplicaStateMachine
             {
                 RangeCommand.WriteCommand w => ApplyWrite(w, batch),
                 RangeCommand.LeaseCommand l => ApplyLease(l, batch),
-                _ => ApplyResult.Rejected,
+                _ => Record(ApplyResult.Rejected), // recorded, so the proposer is not told "applied"
             };
         }
 
@@ -156,7 +157,9 @@ public sealed class RangeStateMachine : IReplicaStateMachine
 
         foreach (var x in w.Writes)
         {
-            if (!d.Contains(x.Key))
+            // Checked here, deterministically, and never by throwing: an exception while applying would repeat on
+            // every replica at the same entry (a poison entry that stops the range for good).
+            if (!d.Contains(x.Key) || x.Key.Length > MvccKeys.MaxUserKeyLength || x.Timestamp.IsZero)
             {
                 return Record(ApplyResult.Rejected);
             }
@@ -189,15 +192,11 @@ public sealed class RangeStateMachine : IReplicaStateMachine
         Lease next;
         if (c.Transfer)
         {
-            // Proposed by the current holder, which stopped serving before proposing it.
-            if (cur.Holder == 0 || req.Start.CompareTo(cur.Start) <= 0)
-            {
-                return Record(ApplyResult.Rejected);
-            }
-
-            next = req with { Sequence = cur.Sequence + 1 };
+            // Not supported yet: a transfer must name its proposer so apply can check it is the current holder
+            // (and the new holder must refuse writes below the transfer's start). Nothing proposes one today.
+            return Record(ApplyResult.Rejected);
         }
-        else if (cur.Holder == req.Holder && cur.Holder != 0)
+        else if (cur.Holder == req.Holder && cur.Holder != 0 && req.Start.CompareTo(cur.Expiration) <= 0)
         {
             next = cur with { Expiration = req.Expiration.CompareTo(cur.Expiration) > 0 ? req.Expiration : cur.Expiration };
         }

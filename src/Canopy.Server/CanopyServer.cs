@@ -103,6 +103,10 @@ public sealed class CanopyServer : IAsyncDisposable
     private volatile Dictionary<ulong, ReplicaStatus> _status = [];
     private Task _background = Task.CompletedTask;
 
+    // Leases that started before this process started are never served under: after a crash the replica's applied
+    // state may lag what it acknowledged under that lease (applies are not synced), so it would serve stale reads.
+    private readonly HlcTimestamp _startedAt;
+
     private CanopyServer(ServerOptions options, IStorageEngine engine, ClusterMeta meta)
     {
         _options = options;
@@ -111,6 +115,7 @@ public sealed class CanopyServer : IAsyncDisposable
         _log = options.Log;
         _clock = new HybridClock(TimeProvider.System, options.MaxOffset);
         _skew = new ClockSkewMonitor(options.MaxOffset, TimeProvider.System, TimeSpan.FromSeconds(10));
+        _startedAt = _clock.Now();
     }
 
     public ulong NodeId => _meta.NodeId;
@@ -502,7 +507,12 @@ public sealed class CanopyServer : IAsyncDisposable
         var now = _clock.Now();
         var me = _meta.NodeId;
         RangeCommand.LeaseCommand cmd;
-        if (lease.Holder == me)
+        if (lease.Holder == me && lease.Start.CompareTo(_startedAt) < 0 && now.CompareTo(lease.Expiration) <= 0)
+        {
+            return; // our lease from before a restart: unusable; let it expire, then take a new one (below)
+        }
+
+        if (lease.Holder == me && now.CompareTo(lease.Expiration) <= 0)
         {
             if (lease.Expiration.WallNanos - now.WallNanos > _options.LeaseDuration.Ticks * 100 / 2)
             {
@@ -665,34 +675,36 @@ public sealed class CanopyServer : IAsyncDisposable
     }
 
     /// <summary>Waits (briefly) until this server may serve the range, or says who may.</summary>
-    private async Task<(Lease? Lease, RpcResponse? Error)> EnsureLeaseAsync(RangeStateMachine sm, CancellationToken ct)
+    /// <remarks>The timestamp is taken first and the lease checked at it: the caller must read or write at exactly
+    /// that timestamp (a pause between a check and a later clock reading could leave the lease).</remarks>
+    private async Task<(Lease? Lease, HlcTimestamp Timestamp, RpcResponse? Error)> EnsureLeaseAsync(RangeStateMachine sm, CancellationToken ct)
     {
-        var deadline = DateTime.UtcNow + _options.LeaseDuration + TimeSpan.FromSeconds(1);
+        var deadline = DateTime.UtcNow + (2 * _options.LeaseDuration) + TimeSpan.FromSeconds(1);
         var me = _meta.NodeId;
         while (true)
         {
             var now = _clock.Now();
             var lease = sm.Lease;
-            if (lease.CanServe(me, now, _options.MaxOffset))
+            if (lease.CanServe(me, now, _options.MaxOffset) && lease.Start.CompareTo(_startedAt) >= 0)
             {
-                return (lease, null);
+                return (lease, now, null);
             }
 
             _status.TryGetValue(sm.RangeId, out var status);
             var iLead = status?.Role == RaftRole.Leader;
             if (lease.Holder != me && lease.Holder != 0 && now.CompareTo(lease.Expiration) < 0 && !iLead)
             {
-                return (null, RpcResponse.Fail(RpcErrorCode.NotLeaseholder, $"node {lease.Holder} holds the lease of range {sm.RangeId}", lease.Holder, AddressOf(lease.Holder)));
+                return (null, default, RpcResponse.Fail(RpcErrorCode.NotLeaseholder, $"node {lease.Holder} holds the lease of range {sm.RangeId}", lease.Holder, AddressOf(lease.Holder)));
             }
 
             if (!iLead && status?.Leader is { } leader && leader != 0 && leader != me)
             {
-                return (null, RpcResponse.Fail(RpcErrorCode.NotLeaseholder, $"node {leader} leads range {sm.RangeId}", leader, AddressOf(leader)));
+                return (null, default, RpcResponse.Fail(RpcErrorCode.NotLeaseholder, $"node {leader} leads range {sm.RangeId}", leader, AddressOf(leader)));
             }
 
             if (DateTime.UtcNow > deadline)
             {
-                return (null, RpcResponse.Fail(RpcErrorCode.Unavailable, $"range {sm.RangeId} has no leaseholder yet (election or lease change in progress)"));
+                return (null, default, RpcResponse.Fail(RpcErrorCode.Unavailable, $"range {sm.RangeId} has no leaseholder yet (election or lease change in progress)"));
             }
 
             if (iLead)
@@ -718,13 +730,12 @@ public sealed class CanopyServer : IAsyncDisposable
         }
 
         using var latch = await _latches.AcquireAsync(sm.RangeId, [request.Key!], ct);
-        var (lease, leaseError) = await EnsureLeaseAsync(sm, ct);
+        var (lease, ts, leaseError) = await EnsureLeaseAsync(sm, ct);
         if (lease is null)
         {
             return leaseError!;
         }
 
-        var ts = _clock.Now();
         var result = sm.Mvcc.Get(request.Key!, ts);
         return new RpcResponse { Found = result.IsFound, Value = result.Value?.Bytes, Timestamp = ts.ToString(), Range = Info(sm) };
     }
@@ -738,7 +749,7 @@ public sealed class CanopyServer : IAsyncDisposable
             return error!;
         }
 
-        var (lease, leaseError) = await EnsureLeaseAsync(sm, ct);
+        var (lease, ts, leaseError) = await EnsureLeaseAsync(sm, ct);
         if (lease is null)
         {
             return leaseError!;
@@ -746,7 +757,6 @@ public sealed class CanopyServer : IAsyncDisposable
 
         var d = sm.Descriptor!;
         var end = request.EndKey is { } e && (d.EndKey is null || e.AsSpan().SequenceCompareTo(d.EndKey) < 0) ? e : d.EndKey;
-        var ts = _clock.Now();
         var limit = request.Limit <= 0 ? 10_000 : Math.Min(request.Limit, 10_000);
         var scan = sm.Mvcc.Scan(start, end, ts, limit);
         return new RpcResponse
@@ -790,13 +800,12 @@ public sealed class CanopyServer : IAsyncDisposable
         }
 
         using var latch = await _latches.AcquireAsync(sm.RangeId, writes.Select(w => w.Key), ct);
-        var (lease, leaseError) = await EnsureLeaseAsync(sm, ct);
+        var (lease, ts, leaseError) = await EnsureLeaseAsync(sm, ct);
         if (lease is null)
         {
             return leaseError!;
         }
 
-        var ts = _clock.Now();
         var cmd = new RangeCommand.WriteCommand(lease.Sequence, writes.Select(w => new MvccWrite(w.Key, ts, w.Value)).ToArray());
         ProposeOutcome outcome;
         try

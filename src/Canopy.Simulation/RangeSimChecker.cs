@@ -12,9 +12,10 @@ using Canopy.Ranges;
 ///   (only the expiration may grow: extensions), so the sequence grows on every change of holder;
 /// - serve windows [start, expiration − max offset) of leases with different holders never overlap, and come in
 ///   sequence order;
-/// - every read or write served was checked at an HLC time inside its lease's window, timestamped at or after the
-///   lease's start and below the start of every later lease with another holder; and in real time no server serves
-///   under a lease after another holder has served under a later one.
+/// - every read served was checked at an HLC time inside its lease's window, and timestamped at or after the lease's
+///   start and below the start of every later lease with another holder; every write that took effect has its
+///   timestamp inside the window of the lease it applied under (so below every later lease's start); and in real
+///   time no server serves a read under a lease after another holder has served under a later one.
 /// </summary>
 internal sealed class RangeSimChecker(TimeSpan maxOffset, bool enforce)
 {
@@ -22,6 +23,7 @@ internal sealed class RangeSimChecker(TimeSpan maxOffset, bool enforce)
     private readonly Dictionary<ulong, SortedDictionary<ulong, LeaseRecord>> _leases = [];
     private readonly Dictionary<(ulong Server, ulong Group), ulong> _lastSeq = [];
     private readonly Dictionary<ulong, (ulong Seq, ulong Holder, long Time)> _latestServe = [];
+    private readonly HashSet<(ulong Group, ulong Index)> _writesChecked = [];
 
     public long Serves { get; private set; }
 
@@ -131,10 +133,22 @@ internal sealed class RangeSimChecker(TimeSpan maxOffset, bool enforce)
     }
 
     /// <summary>
+    /// The write at <paramref name="index"/> of <paramref name="group"/> took effect (applied under <paramref name="lease"/>,
+    /// the lease it was evaluated under): its timestamp must lie in that lease's serve window. Checked once per entry.
+    /// </summary>
+    public void OnWriteApplied(ulong server, ulong group, ulong index, Lease lease, HlcTimestamp ts, long now)
+    {
+        if (_writesChecked.Add((group, index)))
+        {
+            OnServe(lease.Holder, group, lease, ts, ts, now, $"the write at index {index} (applied first on s{server})", realTime: false);
+        }
+    }
+
+    /// <summary>
     /// <paramref name="server"/> served a read or write of <paramref name="group"/> under its local <paramref name="lease"/>:
     /// checked at <paramref name="checkedAt"/>, timestamped <paramref name="ts"/>, at virtual time <paramref name="now"/>.
     /// </summary>
-    public void OnServe(ulong server, ulong group, Lease lease, HlcTimestamp checkedAt, HlcTimestamp ts, long now, string what)
+    public void OnServe(ulong server, ulong group, Lease lease, HlcTimestamp checkedAt, HlcTimestamp ts, long now, string what, bool realTime = true)
     {
         Serves++;
         if (!_leases.TryGetValue(group, out var all) || !all.TryGetValue(lease.Sequence, out var rec) || rec.Holder != server)
@@ -165,6 +179,11 @@ internal sealed class RangeSimChecker(TimeSpan maxOffset, bool enforce)
         if (rec.MaxServed is not { } m || ts > m)
         {
             rec.MaxServed = ts;
+        }
+
+        if (!realTime)
+        {
+            return;
         }
 
         if (_latestServe.TryGetValue(group, out var latest) && latest.Seq > lease.Sequence && latest.Holder != server)

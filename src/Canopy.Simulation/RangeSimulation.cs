@@ -19,18 +19,28 @@
 // - reads: at the HLC's now from the local MVCC state; writes: timestamped by the HLC, proposed as a
 //   WriteCommand carrying the lease sequence, acknowledged only when applied here with ApplyResult.Applied
 //   (proposal outcomes tracked exactly as RaftHost does: Committed / Dropped / Ambiguous; results through
-//   RangeStateMachine.TakeResult); 10 s proposal timeout → Ambiguous.
+//   RangeStateMachine.TakeResult); 4 s proposal timeout → Ambiguous.
 //
 // Clients issue single-key reads and writes (each write a unique value) on a few keys of each range against
 // random servers, following NotLeaseholder hints and retrying what provably did not happen; a write whose outcome
 // they cannot know (timeout, Ambiguous) ends ambiguous. Faults as in the Raft simulation: loss, duplication, delay
 // and reordering of Raft messages; partitions; crashes losing unsynced writes (often inside an fsync window) and
 // restarts; process pauses; tick bursts and fast tickers; leadership transfers; low compaction thresholds
-// (snapshots of the range state).
+// (snapshots of the range state). With EvaluationPauses, also pauses between a request's lease check and its
+// timestamp.
 //
-// Checks: the lease checker (RangeSimChecker) at every apply, snapshot, recovery and serve; at the end, every
-// key's history must be linearizable (RegisterLinearizability); and after healing, every range must get a
-// leaseholder and serve a write and a read (liveness).
+// Checks: the lease checker (RangeSimChecker) at every apply, snapshot, recovery, read served and write applied;
+// at the end, every key's history must be linearizable (RegisterLinearizability); and after healing, every range
+// must get a leaseholder and serve a write and a read (liveness).
+//
+// Deviations from CanopyServer (RangeSimOptions.ServerFixes, on by default; off simulates CanopyServer as it is):
+// the fixes of two bugs this simulation found there. (1) After a restart, a range is served only once its replica
+// applied up to the end of the log it recovered: the applies (and commit-index-only hard states) are written
+// unsynced, so a crash can lose the apply of a write the server acknowledged, and CanopyServer then serves reads
+// under its still-valid lease from the older state (stale reads; `canopy sim ranges --seed 103 --as-server`).
+// (2) The lease is checked at the request's own timestamp: CanopyServer checks it at one HLC time and then takes
+// the timestamp, so a pause in between serves reads and applies writes outside the lease
+// (`canopy sim ranges --seed 149 --as-server --evaluation-pauses`).
 namespace Canopy.Simulation;
 
 using System.Buffers.Binary;
@@ -61,7 +71,7 @@ public static class RangeSimulation
             results[i] = RunSeed(options.FirstSeed + (ulong)i, options));
 
         var failed = new List<ulong>();
-        long steps = 0, ops = 0, ambiguous = 0, leases = 0;
+        long steps = 0, ops = 0, ambiguous = 0, leases = 0, leaseChanged = 0;
         var inconclusive = 0;
         for (var i = 0; i < options.Seeds; i++)
         {
@@ -71,6 +81,7 @@ public static class RangeSimulation
             ops += r.Operations;
             ambiguous += r.Ambiguous;
             leases += r.Leases;
+            leaseChanged += r.LeaseChangedWrites;
             inconclusive += r.Inconclusive;
             if (r.Violation is not null)
             {
@@ -85,8 +96,8 @@ public static class RangeSimulation
             }
         }
 
-        var report = new RangeSimReport(options.Seeds, failed.Count, failed, sw.Elapsed, steps, ops, ambiguous, leases, inconclusive);
-        output.WriteLine($"ran {options.Seeds} seeds in {sw.Elapsed.TotalSeconds:F1} s ({options.Seeds / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F1} seeds/s; {steps} steps, {ops} operations, {ambiguous} ambiguous, {leases} leases{(inconclusive > 0 ? $", {inconclusive} key histories too large to check" : string.Empty)})");
+        var report = new RangeSimReport(options.Seeds, failed.Count, failed, sw.Elapsed, steps, ops, ambiguous, leases, leaseChanged, inconclusive);
+        output.WriteLine($"ran {options.Seeds} seeds in {sw.Elapsed.TotalSeconds:F1} s ({options.Seeds / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F1} seeds/s; {steps} steps, {ops} operations ({ambiguous} ambiguous), {leases} leases, {leaseChanged} writes refused at apply for a changed lease{(inconclusive > 0 ? $", {inconclusive} key histories too large to check" : string.Empty)})");
         output.WriteLine($"seeds: {report.Seeds}, violations: {report.Violations}");
         return report;
     }
@@ -289,6 +300,8 @@ internal sealed class RangeSimWorld
 
     public TimeSpan LeaseDuration { get; }
 
+    public bool Tracing => _options.Trace is not null;
+
     public void Trace(string message) => _options.Trace?.WriteLine($"{_loop.Now / 1000.0,10:F1} ms  {message}");
 
     /// <summary>Writes that committed but applied as LeaseChanged (their lease ended before they applied).</summary>
@@ -369,7 +382,7 @@ internal sealed class RangeSimWorld
         var clients = 3 + r.Next(6);
         for (var c = 0; c < clients; c++)
         {
-            var client = new RangeSimClient(this, c + 1);
+            var client = new RangeSimClient(c + 1);
             _clients.Add(client);
             _loop.After(r.Next(100) * Ms, () => NextWorkloadOp(client));
         }
@@ -382,15 +395,12 @@ internal sealed class RangeSimWorld
 
     internal RangeSimServer Server(ulong id) => _servers[(int)id - 1];
 
-    internal int ServerCount => _servers.Length;
-
     internal RangeDescriptor Descriptor(ulong rangeId) => _descriptors[(int)rangeId - 1];
 
     internal ulong RangeOf(int key) => (ulong)(key / _options.KeysPerRange) + 1;
 
-    internal static byte[] KeyBytes(int key, int keysPerRange) => [(byte)('a' + (key / keysPerRange)), (byte)('0' + (key % keysPerRange))];
-
-    internal byte[] KeyBytes(int key) => KeyBytes(key, _options.KeysPerRange);
+    /// <summary>Key k of range i is the letter 'a'+i followed by the digit k (within the range's span).</summary>
+    internal byte[] KeyBytes(int key) => [(byte)('a' + (key / _options.KeysPerRange)), (byte)('0' + (key % _options.KeysPerRange))];
 
     internal string KeyName(int key) => System.Text.Encoding.ASCII.GetString(KeyBytes(key));
 
@@ -434,8 +444,6 @@ internal sealed class RangeSimWorld
         _loop.After(_delayBase + _loop.Between(0, _delayJitter / 2), deliver);
     }
 
-    private bool Reachable(ulong a, ulong b) => a == b || (Server(b).Alive && !_cut.Contains((a, b)) && !_cut.Contains((b, a)));
-
     // ---------------------------------------------------------------- clients and history
 
     private void NextWorkloadOp(RangeSimClient client)
@@ -478,7 +486,7 @@ internal sealed class RangeSimWorld
             }
         });
 
-        var timeout = (long)LeaseDuration.TotalMicroseconds + (2000 * Ms);
+        var timeout = 5000 * Ms; // the client's per-attempt timeout (CanopyClient: 5 s)
         _loop.After(timeout, () =>
         {
             if (client.Current == op && op.Attempts == attempt)
@@ -835,7 +843,7 @@ internal sealed class RangeSimWorld
         for (var i = 0; i < _descriptors.Length; i++)
         {
             var range = i;
-            var client = new RangeSimClient(this, 1000 + i);
+            var client = new RangeSimClient(1000 + i);
             _clients.Add(client);
             var key = range * _options.KeysPerRange;
             void Write() => StartOp(client, key, write: true, ok =>
@@ -885,11 +893,9 @@ internal sealed class RangeSimWorld
 }
 
 /// <summary>A simulated client: one operation at a time; remembers leaseholders per range.</summary>
-internal sealed class RangeSimClient(RangeSimWorld world, int id)
+internal sealed class RangeSimClient(int id)
 {
     public int Id { get; } = id;
-
-    public RangeSimWorld World { get; } = world;
 
     public Dictionary<ulong, ulong> Leaseholders { get; } = [];
 
@@ -923,7 +929,7 @@ internal sealed class RangeSimClient(RangeSimWorld world, int id)
 internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachineFactory
 {
     private const long Ms = 1000;
-    private static readonly TimeSpan ProposalTimeout = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan ProposalTimeout = TimeSpan.FromSeconds(4); // as CanopyServer
 
     private readonly RangeSimWorld _world;
     private readonly MemoryEngine _engine = new();
@@ -931,7 +937,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
     private readonly Dictionary<ulong, RangeReplica> _replicas = [];
     private readonly Dictionary<ulong, SortedList<ulong, (ulong Term, Action<ProposalOutcome, ulong> Done)>> _pending = [];
     private readonly Dictionary<ulong, long> _leaseProposals = [];
-    private readonly Dictionary<ulong, ulong> _recoveredCommit = [];
+    private readonly Dictionary<ulong, ulong> _recoveredLast = [];
     private readonly HashSet<int> _latched = [];
     private readonly Dictionary<int, Queue<Action>> _latchWaiters = [];
     private int _incarnation;
@@ -979,7 +985,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         _replicas.Clear();
         _pending.Clear();
         _leaseProposals.Clear();
-        _recoveredCommit.Clear();
+        _recoveredLast.Clear();
         _latched.Clear();
         _latchWaiters.Clear();
         Clock = new HybridClock(_time, _world.MaxOffset);
@@ -1001,6 +1007,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
 
     public void Restart()
     {
+        _world.Trace($"s{Id} restarts");
         Alive = true;
         _incarnation++;
         _world.Checker.OnRestart(Id);
@@ -1008,7 +1015,7 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         Scheduler!.Load();
         foreach (var g in Scheduler.Groups)
         {
-            _recoveredCommit[g] = Scheduler.Node(g)!.Committed;
+            _recoveredLast[g] = Scheduler.Node(g)!.LastIndex;
         }
 
         StartTimers(_world.Loop.Random.Next(50_000));
@@ -1255,15 +1262,18 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         }
 
         var sm = replica.Inner;
-        if (_world.ServerFixes && _recoveredCommit.TryGetValue(group, out var recovered))
+        if (_world.ServerFixes && _recoveredLast.TryGetValue(group, out var recovered))
         {
+            // The fix: after a restart, serve only once the replica applied (up to) the end of the log it
+            // recovered. Every write it acknowledged before the crash is in that log, but the crash may have lost
+            // its apply, and even the commit index that allows it (the commit index is written unsynced).
             if (sm.Applied < recovered)
             {
-                reply(new SimResponse(SimStatus.Unavailable, 0, 0)); // still re-applying what the crash lost
+                reply(new SimResponse(SimStatus.Unavailable, 0, 0));
                 return;
             }
 
-            _recoveredCommit.Remove(group);
+            _recoveredLast.Remove(group);
         }
 
         var key = _world.KeyBytes(req.Key);
@@ -1308,8 +1318,9 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         {
             // The fix: the lease is checked at the request's own timestamp (and its lease read again).
             lease = sm.Lease;
-            if (!lease.CanServe(Id, ts, _world.MaxOffset))
+            if (!CanServe(lease, ts))
             {
+                // EnsureLease checks at a later HLC time, so it does not pass at once where this failed.
                 EnsureLease(group, sm, deadline, respond, (l, c) => Evaluate(group, sm, req, key, l, c, early, deadline, respond));
                 return;
             }
@@ -1317,10 +1328,10 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
             checkedAt = ts;
         }
 
-        _world.Trace($"s{Id} serves {(req.Write ? $"write {req.Value}" : "read")} of {_world.KeyName(req.Key)} at {ts} under lease {lease.Sequence}");
-        _world.Checker.OnServe(Id, group, lease, checkedAt, ts, _world.Loop.Now, req.Write ? $"a write of {_world.KeyName(req.Key)}" : $"a read of {_world.KeyName(req.Key)}");
+        _world.Trace($"s{Id} serves {(req.Write ? $"write {req.Value}" : "read")} of {_world.KeyName(req.Key)} at {ts} under lease {lease.Sequence} (applied {sm.Applied}, committed {Scheduler!.Node(group)?.Committed})");
         if (!req.Write)
         {
+            _world.Checker.OnServe(Id, group, lease, checkedAt, ts, _world.Loop.Now, $"a read of {_world.KeyName(req.Key)}");
             var v = sm.Mvcc.Get(key, ts);
             respond(new SimResponse(SimStatus.Ok, v.IsFound ? BinaryPrimitives.ReadInt64LittleEndian(v.Value!.Bytes) : 0, 0));
             return;
@@ -1369,13 +1380,16 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
         After((long)ProposalTimeout.TotalMicroseconds, () => Resolve(new SimResponse(SimStatus.Ambiguous, 0, 0)));
     }
 
+    /// <summary>The serving rule, Lease.CanServe(me, now, maxOffset) (without the margin when that bug is planted).</summary>
+    private bool CanServe(Lease lease, HlcTimestamp now) =>
+        lease.CanServe(Id, now, _world.Bug == RangeSimBug.ServeWithoutMargin ? TimeSpan.FromTicks(1) : _world.MaxOffset);
+
     /// <summary>CanopyServer.EnsureLeaseAsync: serve, redirect, or (as the leader) ask for the lease and retry every 10 ms.</summary>
     private void EnsureLease(ulong group, RangeStateMachine sm, long deadline, Action<SimResponse> fail, Action<Lease, HlcTimestamp> serve)
     {
         var now = Clock.Now();
         var lease = sm.Lease;
-        var margin = _world.Bug == RangeSimBug.ServeWithoutMargin ? TimeSpan.FromTicks(1) : _world.MaxOffset;
-        if (lease.CanServe(Id, now, margin))
+        if (CanServe(lease, now))
         {
             serve(lease, now);
             return;
@@ -1486,6 +1500,18 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
             _last = ApplyResult.Applied;
             var before = Inner.Lease;
             Inner.Apply(e, batch);
+            if (_last == ApplyResult.Applied && e.Type == EntryType.Normal && e.Data.Length > 0 && e.Data.Span[0] == 1
+                && RangeCommand.Decode(e.Data.Span) is RangeCommand.WriteCommand { Writes: [var written, ..] })
+            {
+                // A write that took effect: its timestamp is where it was served.
+                _server._world.Checker.OnWriteApplied(_server.Id, _group, entry.Index, Inner.Lease, written.Timestamp, _server._world.Loop.Now);
+            }
+
+            if (_server._world.Tracing)
+            {
+                _server._world.Trace($"s{_server.Id} r{_group} applied {entry.Index}/{entry.Term} ({(e.Data.Length == 0 ? "empty" : e.Type == EntryType.Normal ? (e.Data.Span[0] == 1 ? "write" : "lease") : e.Type.ToString())}): {_last}");
+            }
+
             if (Inner.Lease != before)
             {
                 _server._world.Trace($"s{_server.Id} r{_group} index {entry.Index}: lease {RangeSimChecker.Show(Inner.Lease)}");

@@ -36,9 +36,10 @@ public sealed record RangeSimOptions
     /// <summary>
     /// Apply the fixes of the two CanopyServer bugs this simulation found. On by default; false simulates
     /// CanopyServer exactly as it is:
-    /// - after a restart, serve a range only once its replica re-applied every entry up to the commit index it
-    ///   recovered (applies are written unsynced, so a crash can lose them while the log keeps them; CanopyServer
-    ///   serves at once, from a state that can miss acknowledged writes: stale reads);
+    /// - after a restart, serve a range only once its replica applied up to the last index of the log it recovered
+    ///   (applies and commit-index-only changes are written unsynced, so a crash can lose the applies of
+    ///   acknowledged writes, and the knowledge that they committed, while the log keeps them; CanopyServer serves
+    ///   at once under the lease its state machine recovered: stale reads of acknowledged writes);
     /// - take the request's timestamp first and check the lease at that timestamp (CanopyServer checks the lease
     ///   at one HLC time and then takes a new timestamp, so a pause in between serves outside the lease; see
     ///   <see cref="EvaluationPauses"/>).
@@ -70,5 +71,6 @@ public sealed record RangeSimReport(
     long Steps,
     long Operations,
     long Ambiguous,
-    long LeaseChanges,
+    long Leases,
+    long LeaseChangedWrites,
     int Inconclusive);

@@ -9,6 +9,11 @@ public sealed class SimLoop(int seed)
     private readonly PriorityQueue<Action, (long Time, long Seq)> _queue = new();
     private long _seq;
 
+    /// <summary>A seed normally runs 10–60 thousand events with at most a few thousand pending.</summary>
+    public const long MaxSteps = 2_000_000;
+
+    public const int MaxPending = 200_000;
+
     /// <summary>Virtual time in microseconds.</summary>
     public long Now { get; private set; }
 
@@ -29,6 +34,12 @@ public sealed class SimLoop(int seed)
     {
         while (_queue.TryPeek(out _, out var key) && key.Time <= until)
         {
+            if (_queue.Count > MaxPending || Steps > MaxSteps)
+            {
+                // A message storm or a livelock: a violation in itself, and it must not eat the machine's memory.
+                throw new SimViolation($"runaway: {Steps} events run, {_queue.Count} pending (limits {MaxSteps}, {MaxPending})");
+            }
+
             var action = _queue.Dequeue();
             Now = key.Time;
             action();
