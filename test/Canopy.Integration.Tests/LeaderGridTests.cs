@@ -23,7 +23,16 @@ public sealed partial class LeaderGridTests(ITestOutputHelper output)
         await WithClusterAsync("init", async cluster =>
         {
             await using var client = await cluster.ConnectAsync();
+
+            // Leases follow elections after init: wait (with a deadline) until every range has a leaseholder.
             var ranges = await client.ListRangesAsync();
+            var until = Stopwatch.GetTimestamp() + (long)(Generous.TotalSeconds * Stopwatch.Frequency);
+            while (ranges.Any(r => r.Leaseholder == 0) && Stopwatch.GetTimestamp() < until)
+            {
+                await Task.Delay(100);
+                ranges = await client.ListRangesAsync();
+            }
+
             var holders = ranges.Where(r => r.Leaseholder != 0).GroupBy(r => r.Leaseholder).OrderBy(g => g.Key).ToList();
             cluster.Log($"{ranges.Count} ranges: {string.Join("; ", ranges.Select(Describe))}");
             cluster.Check(ranges.Count >= 4, $"only {ranges.Count} ranges after init");
