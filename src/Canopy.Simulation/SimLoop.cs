@@ -10,9 +10,9 @@ public sealed class SimLoop(int seed)
     private long _seq;
 
     /// <summary>A seed normally runs 10–60 thousand events with at most a few thousand pending.</summary>
-    public const long MaxSteps = 2_000_000;
+    public const long MaxSteps = 400_000;
 
-    public const int MaxPending = 200_000;
+    public const int MaxPending = 100_000;
 
     /// <summary>Virtual time in microseconds.</summary>
     public long Now { get; private set; }

@@ -67,10 +67,23 @@ public sealed class RaftSimulationTests(ITestOutputHelper output)
         { "count-learners", 600 },
     };
 
+    /// <summary>
+    /// Bugs whose seeds run long (lost acknowledgements make slow, storm-like seeds): run with CANOPY_NIGHTLY=1.
+    /// Their rules are also caught every build by the deterministic tests in Raft/ (AckBeforePersist_IsDetected,
+    /// CountLearners_...).
+    /// </summary>
+    private static readonly HashSet<string> NightlyOnly = ["ack-before-persist", "count-learners"];
+
     [Theory]
     [MemberData(nameof(DetectableBugs))]
     public void PlantedBugIsCaught(string bug, int maxSeeds)
     {
+        if (NightlyOnly.Contains(bug) && Environment.GetEnvironmentVariable("CANOPY_NIGHTLY") != "1")
+        {
+            output.WriteLine($"{bug}: nightly only (set CANOPY_NIGHTLY=1)");
+            return;
+        }
+
         // Seeds in batches (parallel inside), stopping at the first violation.
         const int batch = 6; // small: seeds after the first violation are wasted work (and planted bugs make slow seeds)
         for (var first = 1; first <= maxSeeds; first += batch)
