@@ -33,13 +33,14 @@
 // at the end, every key's history must be linearizable (RegisterLinearizability); and after healing, every range
 // must get a leaseholder and serve a write and a read (liveness).
 //
-// Deviations from CanopyServer (RangeSimOptions.ServerFixes, on by default; off simulates CanopyServer as it is):
-// the fixes of two bugs this simulation found there. (1) After a restart, a range is served only once its replica
-// applied up to the end of the log it recovered: the applies (and commit-index-only hard states) are written
-// unsynced, so a crash can lose the apply of a write the server acknowledged, and CanopyServer then serves reads
-// under its still-valid lease from the older state (stale reads; `canopy sim ranges --seed 103 --as-server`).
-// (2) The lease is checked at the request's own timestamp: CanopyServer checks it at one HLC time and then takes
-// the timestamp, so a pause in between serves reads and applies writes outside the lease
+// Two bugs this simulation found in CanopyServer, now fixed there (RangeSimOptions.ServerFixes, on by default; off,
+// `--as-server`, replays the server as it was before the fixes, pinned by the skipped CanopyServerAsItIsIsSafe):
+// (1) stale reads after a restart — applies (and commit-index-only hard states) are unsynced, so a crash can lose
+// the apply of an acknowledged write while the lease is still valid (`canopy sim ranges --seed 103 --as-server`).
+// The simulation fixes it by serving a range only once its replica applied up to the end of the recovered log;
+// CanopyServer fixes it differently: it never serves under a lease that started before its process started (the
+// two rules are not the same code: keep them in mind when either changes). (2) The lease is checked at the
+// request's own timestamp (same fix in both) instead of checking at one HLC time and then taking the timestamp
 // (`canopy sim ranges --seed 149 --as-server --evaluation-pauses`).
 namespace Canopy.Simulation;
 
