@@ -24,11 +24,13 @@ public static class CanopyCli
         root.Subcommands.Add(RaftNodeCommand.Build());
         var bench = BenchRaftCommand.Build();
         bench.Subcommands.Add(BenchKvCommand.Build());
+        bench.Subcommands.Add(BenchCommitCommand.Build());
         root.Subcommands.Add(bench);
         root.Subcommands.Add(InitCommand.Build());
         root.Subcommands.Add(KvCommand.Build());
         root.Subcommands.Add(RangeCommand.Build());
         root.Subcommands.Add(NodeCommand.Build());
+        root.Subcommands.Add(WorkloadCommand.Build());
         return root;
     }
 

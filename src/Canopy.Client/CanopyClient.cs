@@ -316,6 +316,101 @@ public sealed class CanopyClient : IAsyncDisposable
     /// Sends <paramref name="request"/> to any server (following NotLeaseholder hints, failing over and retrying like
     /// the other calls) and returns the successful response; errors are thrown as by the other calls.
     /// </summary>
+    // ---------------------------------------------------------------- transactions
+
+    /// <summary>Begins a transaction coordinated by one of the servers (the gateway).</summary>
+    public async Task<CanopyTransaction> BeginTransactionAsync(TransactionOptions? options = null, CancellationToken ct = default)
+    {
+        options ??= new TransactionOptions();
+        var args = new Dictionary<string, string>
+        {
+            ["parallel_commits"] = options.ParallelCommits ? "true" : "false",
+            ["one_phase"] = options.OnePhase ? "true" : "false",
+            ["pipeline"] = options.PipelineWrites ? "true" : "false",
+        };
+        string? lastError = null;
+        for (var i = 0; i < Math.Max(3, _pool.Known.Count); i++)
+        {
+            var gateway = _pool.PickAny(null);
+            try
+            {
+                var r = await CallServerAsync(gateway, new RpcRequest { Method = RpcMethods.TxnBegin, Args = args }, _options.RequestTimeout, ct).ConfigureAwait(false);
+                if (r.Error is null && r.Info?.GetValueOrDefault("txn_id") is { } id)
+                {
+                    return new CanopyTransaction(this, gateway, id, options);
+                }
+
+                lastError = r.Error?.Message ?? "no transaction id in the answer";
+            }
+            catch (CanopyUnavailableException e)
+            {
+                lastError = e.Message;
+            }
+        }
+
+        throw new CanopyUnavailableException($"could not begin a transaction: {lastError}");
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> in a transaction and commits it, running it again (in a new transaction) after a
+    /// retryable abort, up to <see cref="TransactionOptions.MaxAttempts"/> times. Returns the final outcome; an
+    /// ambiguous one is never retried. An exception from the body rolls back and propagates.
+    /// </summary>
+    public async Task<TransactionResult> RunTransactionAsync(Func<CanopyTransaction, Task> body, TransactionOptions? options = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        options ??= new TransactionOptions();
+        TransactionResult? last = null;
+        for (var attempt = 1; attempt <= options.MaxAttempts; attempt++)
+        {
+            ct.ThrowIfCancellationRequested();
+            await using var txn = await BeginTransactionAsync(options, ct).ConfigureAwait(false);
+            try
+            {
+                await body(txn).ConfigureAwait(false);
+                last = await txn.CommitAsync(ct).ConfigureAwait(false) with { Attempts = attempt };
+            }
+            catch (CanopyTransactionAbortedException e)
+            {
+                last = new TransactionResult(TransactionOutcome.Aborted, e.Message, null, attempt, Retryable: true);
+            }
+
+            if (last.Outcome != TransactionOutcome.Aborted || !last.Retryable)
+            {
+                return last;
+            }
+
+            await BackoffAsync(Math.Min(attempt, 5), ct).ConfigureAwait(false);
+        }
+
+        return last!;
+    }
+
+    /// <summary>Calls one given server (no routing); throws <see cref="CanopyUnavailableException"/> if it cannot be reached or does not answer in time.</summary>
+    internal async Task<RpcResponse> CallServerAsync(string address, RpcRequest request, TimeSpan timeout, CancellationToken ct)
+    {
+        try
+        {
+            var rpc = await _pool.ConnectAsync(address, Min(_options.ConnectTimeout, timeout), ct).ConfigureAwait(false);
+            return await rpc.CallAsync(request, timeout, ct).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is RpcConnectionException or TimeoutException)
+        {
+            OnServerFailed(address);
+            throw new CanopyUnavailableException($"{address}: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="request"/> to the leaseholder of <paramref name="routeKey"/>'s range, following redirects
+    /// and retrying routing errors within the request deadline; every other answer (success or a final error:
+    /// TxnAborted, ConditionFailed, Ambiguous, BadRequest, Internal) is returned as it came. Used by the transaction
+    /// coordinator, whose requests are idempotent (a retry after a lost answer is safe).
+    /// </summary>
+    /// <exception cref="CanopyUnavailableException">No leaseholder answered within the deadline.</exception>
+    public Task<RpcResponse> SendToRangeAsync(RpcRequest request, byte[] routeKey, CancellationToken ct = default) =>
+        ExecuteAsync(request, routeKey, null, ct, rawErrors: true);
+
     public Task<RpcResponse> CallAnyAsync(RpcRequest request, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -347,7 +442,8 @@ public sealed class CanopyClient : IAsyncDisposable
         byte[]? routeKey,
         Func<RangeInfo?, RpcRequest>? adapt,
         CancellationToken ct,
-        bool initSemantics = false)
+        bool initSemantics = false,
+        bool rawErrors = false)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct, _disposing.Token);
@@ -391,11 +487,28 @@ public sealed class CanopyClient : IAsyncDisposable
                 }
 
                 var toSend = adapt is null ? request : adapt(range);
-                var remaining = Remaining(startedAt);
-                var rpc = await _pool.ConnectAsync(address, Min(_options.ConnectTimeout, remaining), token).ConfigureAwait(false);
-                calling = true;
-                var response = await rpc.CallAsync(toSend, Min(_options.AttemptTimeout, Remaining(startedAt)), token).ConfigureAwait(false);
-                calling = false;
+                RpcResponse response;
+                if (_options.LocalHandler is { } local && string.Equals(address, _options.LocalAddress, StringComparison.Ordinal))
+                {
+                    response = await local(toSend, token).ConfigureAwait(false);
+                }
+                else
+                {
+                    var remaining = Remaining(startedAt);
+                    var rpc = await _pool.ConnectAsync(address, Min(_options.ConnectTimeout, remaining), token).ConfigureAwait(false);
+                    if (_options.InjectedDelay > TimeSpan.Zero)
+                    {
+                        await Task.Delay(_options.InjectedDelay, token).ConfigureAwait(false);
+                    }
+
+                    calling = true;
+                    response = await rpc.CallAsync(toSend, Min(_options.AttemptTimeout, Remaining(startedAt)), token).ConfigureAwait(false);
+                    calling = false;
+                    if (_options.InjectedDelay > TimeSpan.Zero)
+                    {
+                        await Task.Delay(_options.InjectedDelay, token).ConfigureAwait(false);
+                    }
+                }
 
                 Learn(response.Range);
                 if (response.Error is not { } error)
@@ -472,6 +585,9 @@ public sealed class CanopyClient : IAsyncDisposable
 
                         await BackoffAsync(backoffStep++, token).ConfigureAwait(false);
                         continue;
+
+                    case RpcErrorCode.Ambiguous or RpcErrorCode.TxnAborted or RpcErrorCode.ConditionFailed or RpcErrorCode.BadRequest or RpcErrorCode.Internal when rawErrors:
+                        return response;
 
                     case RpcErrorCode.Ambiguous:
                         throw new CanopyAmbiguousException($"{request.Method}: outcome unknown: {error.Message}", address);

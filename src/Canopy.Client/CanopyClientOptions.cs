@@ -1,3 +1,5 @@
+using Canopy.Rpc;
+
 namespace Canopy.Client;
 
 /// <summary>Timeouts and retry settings of a <see cref="CanopyClient"/>.</summary>
@@ -29,6 +31,19 @@ public sealed record CanopyClientOptions
 
     /// <summary>Rows asked per scan request (a scan pages through each range with requests of at most this many rows).</summary>
     public int ScanPageSize { get; init; } = 1000;
+
+    /// <summary>
+    /// For a client inside a server: that server's own address, whose requests <see cref="LocalHandler"/> serves in
+    /// process (no socket, no injected delay).
+    /// </summary>
+    public string? LocalAddress { get; init; }
+
+    /// <summary>Serves requests addressed to <see cref="LocalAddress"/> in process.</summary>
+    public Func<RpcRequest, CancellationToken, Task<RpcResponse>>? LocalHandler { get; init; }
+
+    /// <summary>Delay added before each request and after each response over the network (benchmarks: a WAN-like
+    /// one-way delay on every message between servers). Zero in production.</summary>
+    public TimeSpan InjectedDelay { get; init; }
 
     internal void Validate()
     {

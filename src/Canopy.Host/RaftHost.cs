@@ -60,6 +60,12 @@ public sealed record RaftHostOptions
 
     /// <summary>Clients (not servers) connecting to the listen port are handed here (see PeerTransport).</summary>
     public ClientConnectionHandler? OnClientConnection { get; init; }
+
+    /// <summary>
+    /// Benchmarks only: one-way delay added to every Raft frame this server sends to another server
+    /// (<see cref="PeerTransportOptions.InjectedDelay"/>). Zero in production.
+    /// </summary>
+    public TimeSpan InjectedDelay { get; init; }
 }
 
 /// <summary>Outcome of <see cref="RaftHost.ProposeAsync"/>.</summary>
@@ -131,7 +137,7 @@ public sealed class RaftHost : IAsyncDisposable, ILogWriter, IRaftTransport
         _transport = new PeerTransport(
             options.ServerId,
             options.ListenEndPoint,
-            new PeerTransportOptions { ClusterSecret = options.ClusterSecret },
+            new PeerTransportOptions { ClusterSecret = options.ClusterSecret, InjectedDelay = options.InjectedDelay },
             OnFrame,
             log: msg => _log($"transport: {msg}"),
             onClientConnection: options.OnClientConnection);

@@ -11,7 +11,10 @@ namespace Canopy.Mvcc;
 /// Encoding (<see cref="Encode"/>/<see cref="Decode"/>), all integers big-endian:
 /// <code>
 ///   0x01 (format) ‖ txn id (16, RFC 4122 byte order) ‖ epoch (4) ‖ write timestamp (12) ‖ kind (0x00 deletion | 0x01 value) ‖ value bytes
+///   0x02 (format) ‖ txn id ‖ epoch ‖ write timestamp ‖ min timestamp (12) ‖ priority (4) ‖ anchor length (2) ‖ anchor ‖ kind ‖ value bytes
 /// </code>
+/// Format 0x02 carries what a conflicting reader or writer needs to find and push the transaction without asking
+/// anyone: the anchor key (its record lives on the anchor's range), its start timestamp and its priority.
 /// Guarantees: the encoding round-trips exactly; <see cref="Decode"/> rejects anything malformed with a
 /// <see cref="FormatException"/>; equality compares the value bytes by content; the epoch is non-negative.
 /// </summary>
@@ -22,6 +25,7 @@ namespace Canopy.Mvcc;
 public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimestamp, byte[]? Value)
 {
     private const byte Format = 0x01;
+    private const byte FormatWithMeta = 0x02;
     private const int HeaderLength = 1 + 16 + 4 + HlcTimestamp.EncodedLength + 1;
 
     /// <summary>The transaction's epoch; non-negative.</summary>
@@ -32,13 +36,22 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
     /// <summary>True when the intent deletes the key.</summary>
     public bool IsDeletion => Value is null;
 
+    /// <summary>The key whose range holds the transaction's record (empty: unknown, an old-format intent).</summary>
+    public byte[] Anchor { get; init; } = [];
+
+    /// <summary>The transaction's start timestamp (a pusher that finds no record uses it to judge abandonment).</summary>
+    public HlcTimestamp MinTimestamp { get; init; }
+
+    /// <summary>The transaction's priority (higher wins a deadlock).</summary>
+    public uint Priority { get; init; }
+
     /// <summary>Reads an intent written by <see cref="Encode"/>.</summary>
     /// <exception cref="FormatException">The bytes are not an encoded intent.</exception>
     public static MvccIntent Decode(ReadOnlySpan<byte> encoded)
     {
-        if (encoded.Length < HeaderLength || encoded[0] != Format)
+        if (encoded.Length < HeaderLength || (encoded[0] != Format && encoded[0] != FormatWithMeta))
         {
-            throw new FormatException($"corrupt MVCC intent ({encoded.Length} bytes): expected format 0x{Format:X2} and at least {HeaderLength} bytes");
+            throw new FormatException($"corrupt MVCC intent ({encoded.Length} bytes): expected format 0x{Format:X2} or 0x{FormatWithMeta:X2} and at least {HeaderLength} bytes");
         }
 
         var txnId = new Guid(encoded.Slice(1, 16), bigEndian: true);
@@ -49,25 +62,68 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
         }
 
         var timestamp = HlcTimestamp.Decode(encoded.Slice(21, HlcTimestamp.EncodedLength));
-        var kind = encoded[HeaderLength - 1];
-        return kind switch
+        var pos = 21 + HlcTimestamp.EncodedLength;
+        var minTs = HlcTimestamp.Zero;
+        uint priority = 0;
+        byte[] anchor = [];
+        if (encoded[0] == FormatWithMeta)
         {
-            0x00 when encoded.Length == HeaderLength => new MvccIntent(txnId, epoch, timestamp, null),
-            0x01 => new MvccIntent(txnId, epoch, timestamp, encoded[HeaderLength..].ToArray()),
-            _ => throw new FormatException($"corrupt MVCC intent of txn {txnId}: kind 0x{kind:X2} with {encoded.Length - HeaderLength} value bytes"),
+            if (encoded.Length < pos + HlcTimestamp.EncodedLength + 4 + 2 + 1)
+            {
+                throw new FormatException($"corrupt MVCC intent of txn {txnId}: too short for its metadata");
+            }
+
+            minTs = HlcTimestamp.Decode(encoded.Slice(pos, HlcTimestamp.EncodedLength));
+            pos += HlcTimestamp.EncodedLength;
+            priority = BinaryPrimitives.ReadUInt32BigEndian(encoded[pos..]);
+            pos += 4;
+            int anchorLength = BinaryPrimitives.ReadUInt16BigEndian(encoded[pos..]);
+            pos += 2;
+            if (encoded.Length < pos + anchorLength + 1)
+            {
+                throw new FormatException($"corrupt MVCC intent of txn {txnId}: anchor of {anchorLength} bytes does not fit");
+            }
+
+            anchor = encoded.Slice(pos, anchorLength).ToArray();
+            pos += anchorLength;
+        }
+
+        var kind = encoded[pos];
+        var rest = encoded[(pos + 1)..];
+        var intent = kind switch
+        {
+            0x00 when rest.IsEmpty => new MvccIntent(txnId, epoch, timestamp, null),
+            0x01 => new MvccIntent(txnId, epoch, timestamp, rest.ToArray()),
+            _ => throw new FormatException($"corrupt MVCC intent of txn {txnId}: kind 0x{kind:X2} with {rest.Length} value bytes"),
         };
+        return encoded[0] == FormatWithMeta ? intent with { Anchor = anchor, MinTimestamp = minTs, Priority = priority } : intent;
     }
 
-    /// <summary>The stored form.</summary>
+    /// <summary>The stored form (format 0x02 when an anchor is set, else 0x01).</summary>
     public byte[] Encode()
     {
-        var bytes = new byte[HeaderLength + (Value?.Length ?? 0)];
-        bytes[0] = Format;
+        var meta = Anchor.Length > 0;
+        var metaLength = meta ? HlcTimestamp.EncodedLength + 4 + 2 + Anchor.Length : 0;
+        var bytes = new byte[HeaderLength + metaLength + (Value?.Length ?? 0)];
+        bytes[0] = meta ? FormatWithMeta : Format;
         TxnId.TryWriteBytes(bytes.AsSpan(1, 16), bigEndian: true, out _);
         BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(17), Epoch);
         WriteTimestamp.EncodeTo(bytes.AsSpan(21));
-        bytes[HeaderLength - 1] = Value is null ? (byte)0x00 : (byte)0x01;
-        Value?.CopyTo(bytes.AsSpan(HeaderLength));
+        var pos = 21 + HlcTimestamp.EncodedLength;
+        if (meta)
+        {
+            MinTimestamp.EncodeTo(bytes.AsSpan(pos));
+            pos += HlcTimestamp.EncodedLength;
+            BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(pos), Priority);
+            pos += 4;
+            BinaryPrimitives.WriteUInt16BigEndian(bytes.AsSpan(pos), checked((ushort)Anchor.Length));
+            pos += 2;
+            Anchor.CopyTo(bytes.AsSpan(pos));
+            pos += Anchor.Length;
+        }
+
+        bytes[pos] = Value is null ? (byte)0x00 : (byte)0x01;
+        Value?.CopyTo(bytes.AsSpan(pos + 1));
         return bytes;
     }
 

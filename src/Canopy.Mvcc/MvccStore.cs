@@ -289,6 +289,62 @@ public sealed class MvccStore
         return new MvccGcStats(keys, removed);
     }
 
+    /// <summary>
+    /// Moves <paramref name="txnId"/>'s intent on <paramref name="key"/> up to <paramref name="timestamp"/> (a timestamp
+    /// push: the transaction stays pending but can no longer commit below it). Intents only move up; with no intent of
+    /// that transaction, or one already at or above, nothing is written. Returns whether it wrote.
+    /// </summary>
+    public bool PushIntent(WriteBatch batch, byte[] key, Guid txnId, HlcTimestamp timestamp)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        var intent = GetIntent(key);
+        if (intent is null || intent.TxnId != txnId || intent.WriteTimestamp >= timestamp)
+        {
+            return false;
+        }
+
+        batch.Put(MvccKeys.IntentKey(key), (intent with { WriteTimestamp = timestamp }).Encode());
+        return true;
+    }
+
+    /// <summary>
+    /// Read refresh (txn-pitfalls 9): the first user key in [<paramref name="startKey"/>, <paramref name="endKey"/>)
+    /// (null end: just <paramref name="startKey"/>) with a committed version in (<paramref name="from"/>,
+    /// <paramref name="to"/>] or another transaction's intent at or below <paramref name="to"/>; null when a read at
+    /// <paramref name="from"/> would see exactly what a read at <paramref name="to"/> sees.
+    /// </summary>
+    public byte[]? FindChange(byte[] startKey, byte[]? endKey, HlcTimestamp from, HlcTimestamp to, Guid txnId)
+    {
+        ArgumentNullException.ThrowIfNull(startKey);
+        var (lower, upper) = endKey is null ? (MvccKeys.KeyStart(startKey), MvccKeys.KeyEnd(startKey)) : MvccKeys.Span(startKey, endKey);
+        if (ByteArrayComparer.CompareBytes(lower, upper) >= 0)
+        {
+            return null;
+        }
+
+        foreach (var entry in Engine.Scan(lower, upper))
+        {
+            var k = MvccKeys.Decode(entry.Key);
+            if (k.Timestamp is { } ts)
+            {
+                if (ts > from && ts <= to)
+                {
+                    return k.UserKey;
+                }
+            }
+            else
+            {
+                var intent = MvccIntent.Decode(entry.Value);
+                if (intent.TxnId != txnId && intent.WriteTimestamp <= to)
+                {
+                    return k.UserKey;
+                }
+            }
+        }
+
+        return null;
+    }
+
     private static void CheckWriteTimestamp(HlcTimestamp timestamp)
     {
         if (timestamp.IsZero)

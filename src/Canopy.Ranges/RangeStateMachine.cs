@@ -16,7 +16,10 @@
 //   before the current lease expires) keeps the sequence and start and never shortens the lease; any lease starting
 //   after the current one expired is new: new start, sequence + 1 (even for the same holder: a restarted server
 //   takes a new lease rather than reviving the one it held before its restart); transfers are refused for now.
-// Snapshots carry the descriptor, the lease and every engine key of the span, and replace all of it atomically.
+// - an eval command (effects of a transactional request: intents, versions, transaction records) applies only under
+//   the lease it was evaluated under, and only if every engine key lies in the range's data or record span.
+// Snapshots carry the descriptor, the lease and every engine key of the span (data and transaction records), and
+// replace all of it atomically.
 namespace Canopy.Ranges;
 
 using System.Buffers.Binary;
@@ -35,7 +38,8 @@ public sealed class RangeStateMachine : IReplicaStateMachine
     private readonly MvccStore _mvcc;
     private readonly ConcurrentDictionary<ulong, ApplyResult> _results = new();
     private volatile RangeDescriptor? _descriptor;
-    private volatile Lease _lease = Lease.None;
+    private volatile Lease _lease = Lease.None;          // as applied (apply-time checks)
+    private volatile Lease _publishedLease = Lease.None; // as written to the engine (what the server serves under)
 
     public RangeStateMachine(ulong rangeId, IStorageEngine engine)
     {
@@ -55,6 +59,7 @@ public sealed class RangeStateMachine : IReplicaStateMachine
         if (engine.Get(RangeKeys.Lease(rangeId)) is { } l)
         {
             _lease = Lease.Decode(l);
+            _publishedLease = _lease;
         }
     }
 
@@ -63,7 +68,12 @@ public sealed class RangeStateMachine : IReplicaStateMachine
     /// <summary>Null until the replica is initialised (bootstrap or snapshot).</summary>
     public RangeDescriptor? Descriptor => _descriptor;
 
-    public Lease Lease => _lease;
+    /// <summary>The lease in force, published only once the entries applied before it are written to the engine
+    /// (a new leaseholder must not serve reads before the previous holder's last writes are readable here).</summary>
+    public Lease Lease => _publishedLease;
+
+    /// <inheritdoc/>
+    public void Written() => _publishedLease = _lease;
 
     public MvccStore Mvcc => _mvcc;
 
@@ -95,6 +105,7 @@ public sealed class RangeStateMachine : IReplicaStateMachine
             {
                 RangeCommand.WriteCommand w => ApplyWrite(w, batch),
                 RangeCommand.LeaseCommand l => ApplyLease(l, batch),
+                RangeCommand.EvalCommand e => ApplyEval(e, batch),
                 _ => Record(ApplyResult.Rejected), // recorded, so the proposer is not told "applied"
             };
         }
@@ -117,6 +128,14 @@ public sealed class RangeStateMachine : IReplicaStateMachine
         }
 
         batch.DeleteRange(lo, hi);
+        if (_descriptor is { } oldRecords)
+        {
+            var (otlo, othi) = TxnKeys.Span(oldRecords.StartKey, oldRecords.EndKey);
+            batch.DeleteRange(otlo, othi);
+        }
+
+        var (tlo, thi) = TxnKeys.Span(descriptor.StartKey, descriptor.EndKey);
+        batch.DeleteRange(tlo, thi);
         var count = r.U64();
         for (ulong i = 0; i < count; i++)
         {
@@ -125,6 +144,7 @@ public sealed class RangeStateMachine : IReplicaStateMachine
 
         _descriptor = descriptor;
         _lease = lease;
+        _publishedLease = lease;
         Applied = snapshot.Meta.Index;
         batch.Put(RangeKeys.RangeDescriptor(_rangeId), descriptor.Encode());
         batch.Put(RangeKeys.Lease(_rangeId), lease.Encode());
@@ -135,7 +155,8 @@ public sealed class RangeStateMachine : IReplicaStateMachine
     {
         var descriptor = _descriptor ?? throw new InvalidOperationException($"range {_rangeId}: snapshot of an uninitialised replica");
         var (lo, hi) = MvccKeys.Span(descriptor.StartKey, descriptor.EndKey);
-        var rows = _engine.Scan(lo, hi).ToList();
+        var (tlo, thi) = TxnKeys.Span(descriptor.StartKey, descriptor.EndKey);
+        var rows = _engine.Scan(lo, hi).Concat(_engine.Scan(tlo, thi)).ToList();
         var w = new ByteWriter().Bytes(descriptor.Encode()).Bytes(_lease.Encode()).U64((ulong)rows.Count);
         foreach (var (k, v) in rows)
         {
@@ -174,6 +195,41 @@ public sealed class RangeStateMachine : IReplicaStateMachine
             else
             {
                 _mvcc.Delete(batch, x.Key, x.Timestamp);
+            }
+        }
+
+        return ApplyResult.Applied;
+    }
+
+    private ApplyResult ApplyEval(RangeCommand.EvalCommand e, WriteBatch batch)
+    {
+        if (e.LeaseSequence != _lease.Sequence || _descriptor is not { } d)
+        {
+            return Record(ApplyResult.LeaseChanged);
+        }
+
+        var (lo, hi) = MvccKeys.Span(d.StartKey, d.EndKey);
+        var (tlo, thi) = TxnKeys.Span(d.StartKey, d.EndKey);
+        foreach (var op in e.Ops)
+        {
+            // Deterministic validation, never by throwing (see ApplyWrite).
+            var inData = op.Key.AsSpan().SequenceCompareTo(lo) >= 0 && op.Key.AsSpan().SequenceCompareTo(hi) < 0;
+            var inRecords = op.Key.AsSpan().SequenceCompareTo(tlo) >= 0 && op.Key.AsSpan().SequenceCompareTo(thi) < 0;
+            if (!inData && !inRecords)
+            {
+                return Record(ApplyResult.Rejected);
+            }
+        }
+
+        foreach (var op in e.Ops)
+        {
+            if (op.Value is { } v)
+            {
+                batch.Put(op.Key, v);
+            }
+            else
+            {
+                batch.Delete(op.Key);
             }
         }
 

@@ -99,6 +99,7 @@ public abstract record RangeCommand
 {
     private const byte KindWrite = 1;
     private const byte KindLease = 2;
+    private const byte KindEval = 3;
 
     public abstract byte[] Encode();
 
@@ -127,6 +128,27 @@ public abstract record RangeCommand
                 var prev = r.U64();
                 var transfer = r.U8() != 0;
                 return new LeaseCommand(lease, prev, transfer);
+            case KindEval:
+                var leaseSeq = r.U64();
+                var count = r.U64();
+                if (count > 1_000_000)
+                {
+                    throw new FormatException("eval command: too many ops");
+                }
+
+                var ops = new EngineOp[count];
+                for (var i = 0; i < ops.Length; i++)
+                {
+                    var kind = r.U8();
+                    if (kind > 1)
+                    {
+                        throw new FormatException("eval command: unknown op");
+                    }
+
+                    ops[i] = new EngineOp(r.Bytes(), kind == 0 ? r.Bytes() : null);
+                }
+
+                return new EvalCommand(leaseSeq, ops);
             default:
                 throw new FormatException("range command: unknown kind");
         }
@@ -149,6 +171,42 @@ public abstract record RangeCommand
     }
 
     /// <summary>
+    /// The effects of a request evaluated at the leaseholder (proposer-evaluated, as CockroachDB does): engine puts and
+    /// deletes of MVCC keys (intents, versions) and transaction records of the range's span, computed against the
+    /// leaseholder's state under latches. Applied only if the lease it was evaluated under is still in force and every
+    /// key lies in the range's spans; then every replica writes exactly these bytes.
+    /// </summary>
+    public sealed record EvalCommand(ulong LeaseSequence, EngineOp[] Ops) : RangeCommand
+    {
+        public override byte[] Encode()
+        {
+            var w = new ByteWriter().U8(KindEval).U64(LeaseSequence).U64((ulong)Ops.Length);
+            foreach (var op in Ops)
+            {
+                if (op.Value is { } v)
+                {
+                    w.U8(0).Bytes(op.Key).Bytes(v);
+                }
+                else
+                {
+                    w.U8(1).Bytes(op.Key);
+                }
+            }
+
+            return w.ToArray();
+        }
+
+        /// <summary>The ops of a write batch of puts and deletes (no range deletions).</summary>
+        public static EngineOp[] FromBatch(Canopy.Storage.WriteBatch batch) =>
+            batch.Ops.Select(o => o.Kind switch
+            {
+                Canopy.Storage.WriteBatch.OpKind.Put => new EngineOp(o.Key, o.Value),
+                Canopy.Storage.WriteBatch.OpKind.Delete => new EngineOp(o.Key, null),
+                _ => throw new ArgumentException("an eval command cannot carry a range deletion"),
+            }).ToArray();
+    }
+
+    /// <summary>
     /// A lease request (or, with <see cref="Transfer"/>, a transfer proposed by the current holder). Valid only if the
     /// lease in force still has sequence <see cref="PreviousSequence"/>; an extension by the same holder keeps the
     /// sequence, a new holder needs the previous lease expired before its start (or a transfer).
@@ -160,6 +218,9 @@ public abstract record RangeCommand
                 .U64(PreviousSequence).U8(Transfer ? (byte)1 : (byte)0).ToArray();
     }
 }
+
+/// <summary>One engine write of an <see cref="RangeCommand.EvalCommand"/>: a put, or a delete when <see cref="Value"/> is null.</summary>
+public readonly record struct EngineOp(byte[] Key, byte[]? Value);
 
 /// <summary>What applying a command did (reported to the proposer).</summary>
 public enum ApplyResult

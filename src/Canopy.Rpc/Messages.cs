@@ -47,6 +47,15 @@ public enum RpcErrorCode
 
     /// <summary>A bug on the server side. Final.</summary>
     Internal = 9,
+
+    /// <summary>
+    /// The transaction was aborted or must restart (conflict, deadlock, uncertainty, a failed refresh, an expired
+    /// heartbeat): nothing it wrote is visible. Retryable: run it again (RunTransactionAsync does). The message says why.
+    /// </summary>
+    TxnAborted = 10,
+
+    /// <summary>A conditional write found another value than expected. Final for that request.</summary>
+    ConditionFailed = 11,
 }
 
 /// <summary>An RPC request: a method name and its arguments.</summary>
@@ -70,6 +79,57 @@ public sealed record RpcRequest
 
     /// <summary>Free-form arguments of administrative methods.</summary>
     public Dictionary<string, string>? Args { get; init; }
+
+    /// <summary>Client → gateway transaction methods: the session's transaction id.</summary>
+    public string? TxnId { get; init; }
+
+    /// <summary>Gateway → leaseholder transaction methods: the transaction (or, for a push, the pushee).</summary>
+    public TxnMetaDto? Txn { get; init; }
+
+    /// <summary>Push: the pushing transaction (null: a non-transactional request).</summary>
+    public TxnMetaDto? Pusher { get; init; }
+
+    /// <summary>Method-specific mode (txn write: intent | stage | onephase; push: timestamp | abort; end: commit | abort).</summary>
+    public string? Mode { get; init; }
+
+    /// <summary>Stage: the writes the STAGING record lists; end/heartbeat: every key the transaction wrote.</summary>
+    public IReadOnlyList<byte[]>? InFlight { get; init; }
+
+    /// <summary>Every key the transaction wrote (the record keeps them for resolution).</summary>
+    public IReadOnlyList<byte[]>? LockKeys { get; init; }
+
+    /// <summary>Push: the transactions waiting on the pusher (deadlock detection).</summary>
+    public IReadOnlyList<string>? Deps { get; init; }
+
+    /// <summary>A timestamp argument ("wall.logical"): push-to, resolve/commit timestamp, refresh upper bound, query bound.</summary>
+    public string? Timestamp { get; init; }
+
+    /// <summary>Refresh: the lower bound (exclusive).</summary>
+    public string? FromTimestamp { get; init; }
+
+    /// <summary>Conditional put: the expected current value (null: expected absent).</summary>
+    public byte[]? Expected { get; init; }
+
+    /// <summary>Transaction options at begin ("parallel_commits", "pipeline", "priority").</summary>
+    public bool? Flag { get; init; }
+}
+
+/// <summary>A transaction as it travels between servers (timestamps as "wall.logical").</summary>
+public sealed record TxnMetaDto
+{
+    public required string Id { get; init; }
+
+    public int Epoch { get; init; }
+
+    public required string ReadTs { get; init; }
+
+    public required string WriteTs { get; init; }
+
+    public required string MinTs { get; init; }
+
+    public uint Priority { get; init; }
+
+    public required byte[] Anchor { get; init; }
 }
 
 /// <summary>One write of a batch: a put when <see cref="Value"/> is set, else a delete.</summary>
@@ -100,6 +160,22 @@ public sealed record RpcResponse
     public RangeInfo? Range { get; init; }
 
     public Dictionary<string, string>? Info { get; init; }
+
+    /// <summary>Transaction methods: the transaction as the server now knows it (e.g. pushed write timestamp).</summary>
+    public TxnMetaDto? Txn { get; init; }
+
+    /// <summary>Push / query: the pushee's status (pending, staging, committed, aborted) or the push outcome
+    /// (pushed, wait, recover, abort_pusher).</summary>
+    public string? Status { get; init; }
+
+    /// <summary>Push of a STAGING record: the writes it lists (for status recovery).</summary>
+    public IReadOnlyList<byte[]>? InFlight { get; init; }
+
+    /// <summary>The record's lock keys (for resolution by whoever finalises it).</summary>
+    public IReadOnlyList<byte[]>? LockKeys { get; init; }
+
+    /// <summary>Deps query: the transactions waiting on the asked one.</summary>
+    public IReadOnlyList<string>? Deps { get; init; }
 
     public static RpcResponse Fail(RpcErrorCode code, string message, ulong hint = 0, string? hintAddress = null) =>
         new() { Error = new RpcError(code, message, hint, hintAddress) };
@@ -190,4 +266,26 @@ public static class RpcMethods
     public const string NodeStatus = "node_status";
     public const string Init = "init";
     public const string Ping = "ping";
+
+    // Client → gateway: a transaction session, coordinated by the gateway (DESIGN §8).
+    public const string TxnBegin = "txn_begin";
+    public const string TxnGet = "txn_get";
+    public const string TxnScan = "txn_scan";
+    public const string TxnPut = "txn_put";
+    public const string TxnDelete = "txn_delete";
+    public const string TxnConditionalPut = "txn_cput";
+    public const string TxnCommit = "txn_commit";
+    public const string TxnRollback = "txn_rollback";
+
+    // Gateway → leaseholder (and server → server): the transaction protocol's per-range requests.
+    public const string KvTxnRead = "kv_txn_read";
+    public const string KvTxnWrite = "kv_txn_write";
+    public const string KvTxnEnd = "kv_txn_end";
+    public const string KvTxnHeartbeat = "kv_txn_heartbeat";
+    public const string KvTxnPush = "kv_txn_push";
+    public const string KvTxnDeps = "kv_txn_deps";
+    public const string KvTxnRecover = "kv_txn_recover";
+    public const string KvResolve = "kv_resolve";
+    public const string KvQueryIntent = "kv_query_intent";
+    public const string KvRefresh = "kv_refresh";
 }

@@ -74,17 +74,19 @@ public sealed record ServerOptions
 
     public string ClusterSecret { get; init; } = "canopy-dev-cluster";
 
+    /// <summary>Benchmarks only: one-way delay added to every message this server sends to another server.</summary>
+    public TimeSpan InjectedDelay { get; init; }
+
     public Action<string> Log { get; init; } = _ => { };
 }
 
 /// <summary>One Canopy server (see the file header).</summary>
-public sealed class CanopyServer : IAsyncDisposable
+public sealed partial class CanopyServer : IAsyncDisposable
 {
     /// <summary>Keys starting with this byte are the system's (range descriptors); clients may not write them.</summary>
     public const byte SystemKeyPrefix = 0x00;
 
     // Below the client's per-attempt timeout (5 s), so an ambiguous outcome reaches the client as such.
-    private static readonly TimeSpan ProposalTimeout = TimeSpan.FromSeconds(4);
 
     private readonly ServerOptions _options;
     private readonly IStorageEngine _engine;
@@ -248,6 +250,7 @@ public sealed class CanopyServer : IAsyncDisposable
                     },
                     Log = _log,
                     OnClientConnection = socket => _ = RpcServerConnection.ServeAsync(socket, HandleAsync, _log, _stop.Token),
+                    InjectedDelay = _options.InjectedDelay,
                 },
                 _machines,
                 _engine);
@@ -628,14 +631,26 @@ public sealed class CanopyServer : IAsyncDisposable
             case RpcMethods.RangeLookup:
                 return request.Key is { } k ? Lookup(k) : RpcResponse.Fail(RpcErrorCode.BadRequest, "range_lookup needs a key");
             case RpcMethods.Get:
-                return await GetAsync(request, ct);
+                return ValidateKey(request.Key) is { } badKey
+                    ? RpcResponse.Fail(RpcErrorCode.BadRequest, badKey)
+                    : await ReadAsync(request.Key!, null, point: true, 0, null, ct);
             case RpcMethods.Scan:
-                return await ScanAsync(request, ct);
+                return await ReadAsync(request.Key is { Length: > 0 } scanStart ? scanStart : [0x01], request.EndKey, point: false, request.Limit, null, ct);
             case RpcMethods.Put:
             case RpcMethods.Delete:
             case RpcMethods.Batch:
-                return await WriteAsync(request, ct);
+                return await PlainWriteAsync(request, ct);
             default:
+                if (request.Method.StartsWith("kv_", StringComparison.Ordinal))
+                {
+                    return await HandleTxnAsync(request, ct);
+                }
+
+                if (request.Method.StartsWith("txn_", StringComparison.Ordinal))
+                {
+                    return await HandleSessionAsync(request, ct);
+                }
+
                 return RpcResponse.Fail(RpcErrorCode.BadRequest, $"unknown method '{request.Method}'");
         }
     }
@@ -716,58 +731,7 @@ public sealed class CanopyServer : IAsyncDisposable
         }
     }
 
-    private async Task<RpcResponse> GetAsync(RpcRequest request, CancellationToken ct)
-    {
-        if (ValidateKey(request.Key) is { } bad)
-        {
-            return RpcResponse.Fail(RpcErrorCode.BadRequest, bad);
-        }
-
-        var (sm, error) = Locate(request.Key!);
-        if (sm is null)
-        {
-            return error!;
-        }
-
-        using var latch = await _latches.AcquireAsync(sm.RangeId, [request.Key!], ct);
-        var (lease, ts, leaseError) = await EnsureLeaseAsync(sm, ct);
-        if (lease is null)
-        {
-            return leaseError!;
-        }
-
-        var result = sm.Mvcc.Get(request.Key!, ts);
-        return new RpcResponse { Found = result.IsFound, Value = result.Value?.Bytes, Timestamp = ts.ToString(), Range = Info(sm) };
-    }
-
-    private async Task<RpcResponse> ScanAsync(RpcRequest request, CancellationToken ct)
-    {
-        var start = request.Key is { Length: > 0 } k ? k : [0x01];
-        var (sm, error) = Locate(start);
-        if (sm is null)
-        {
-            return error!;
-        }
-
-        var (lease, ts, leaseError) = await EnsureLeaseAsync(sm, ct);
-        if (lease is null)
-        {
-            return leaseError!;
-        }
-
-        var d = sm.Descriptor!;
-        var end = request.EndKey is { } e && (d.EndKey is null || e.AsSpan().SequenceCompareTo(d.EndKey) < 0) ? e : d.EndKey;
-        var limit = request.Limit <= 0 ? 10_000 : Math.Min(request.Limit, 10_000);
-        var scan = sm.Mvcc.Scan(start, end, ts, limit);
-        return new RpcResponse
-        {
-            Rows = scan.Rows.Select(r => new KvPair(r.Key, r.Value)).ToList(),
-            Timestamp = ts.ToString(),
-            Range = Info(sm),
-        };
-    }
-
-    private async Task<RpcResponse> WriteAsync(RpcRequest request, CancellationToken ct)
+    private async Task<RpcResponse> PlainWriteAsync(RpcRequest request, CancellationToken ct)
     {
         IReadOnlyList<KvWrite> writes = request.Method switch
         {
@@ -788,49 +752,7 @@ public sealed class CanopyServer : IAsyncDisposable
             }
         }
 
-        var (sm, error) = Locate(writes[0].Key);
-        if (sm is null)
-        {
-            return error!;
-        }
-
-        if (writes.FirstOrDefault(w => !sm.Descriptor!.Contains(w.Key)) is { } outside)
-        {
-            return RpcResponse.Fail(RpcErrorCode.BadRequest, $"a batch must stay within one range: {RangeDescriptor.KeyText(outside.Key)} is outside {sm.Descriptor}");
-        }
-
-        using var latch = await _latches.AcquireAsync(sm.RangeId, writes.Select(w => w.Key), ct);
-        var (lease, ts, leaseError) = await EnsureLeaseAsync(sm, ct);
-        if (lease is null)
-        {
-            return leaseError!;
-        }
-
-        var cmd = new RangeCommand.WriteCommand(lease.Sequence, writes.Select(w => new MvccWrite(w.Key, ts, w.Value)).ToArray());
-        ProposeOutcome outcome;
-        try
-        {
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            timeout.CancelAfter(ProposalTimeout);
-            outcome = await _host.ProposeAsync(sm.RangeId, cmd.Encode(), timeout.Token);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            return RpcResponse.Fail(RpcErrorCode.Ambiguous, $"the write to range {sm.RangeId} was proposed but not applied within {ProposalTimeout.TotalSeconds:0} s; it may or may not happen");
-        }
-
-        return outcome.Status switch
-        {
-            ProposeOutcomeStatus.Committed => sm.TakeResult(outcome.Index) switch
-            {
-                ApplyResult.Applied => new RpcResponse { Timestamp = ts.ToString(), Range = Info(sm) },
-                ApplyResult.LeaseChanged => RpcResponse.Fail(RpcErrorCode.Unavailable, $"the lease of range {sm.RangeId} changed during the write; nothing was written"),
-                _ => RpcResponse.Fail(RpcErrorCode.BadRequest, "the write was rejected by the range"),
-            },
-            ProposeOutcomeStatus.NotLeader or ProposeOutcomeStatus.TransferInProgress or ProposeOutcomeStatus.Dropped or ProposeOutcomeStatus.Overloaded =>
-                RpcResponse.Fail(RpcErrorCode.Unavailable, $"range {sm.RangeId} could not take the write now ({outcome.Status}); nothing was written"),
-            _ => RpcResponse.Fail(RpcErrorCode.Ambiguous, $"the write to range {sm.RangeId} may or may not have happened ({outcome.Status})"),
-        };
+        return await WriteAsync(writes[0].Key, writes.Select(w => new KeyWrite(w.Key, w.Value)).ToList(), null, "plain", [], [], false, ct);
     }
 
     private RpcResponse Lookup(byte[] key)

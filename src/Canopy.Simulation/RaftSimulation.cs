@@ -1092,6 +1092,7 @@ internal sealed class SimStateMachine : IReplicaStateMachine
         h.Append(entry.Data.Span);
         _hash = h.GetCurrentHashAsUInt64();
         Applied = entry.Index;
+        _checker.RecordCommitted(_server, _group, entry, _server.Scheduler?.Node(_group)?.Term ?? ulong.MaxValue);
         _checker.OnApply(_server, _group, Applied, _hash);
         batch.Put(_key, Encode());
     }
@@ -1212,6 +1213,33 @@ internal sealed class SimChecker
         }
     }
 
+    /// <summary>
+    /// An entry <paramref name="s"/> knows to be committed, seen while it was in <paramref name="term"/> (an upper
+    /// bound of the term it was committed in). Called from the per-step scan and from every apply, so an entry
+    /// committed, applied and compacted within one step is still recorded.
+    /// </summary>
+    public void RecordCommitted(SimServer s, ulong g, in Entry e, ulong term)
+    {
+        var i = e.Index;
+        var hash = EntryHash(e);
+        if (_committed.TryGetValue((g, i), out var known))
+        {
+            if (known.Term != e.Term || known.Hash != hash)
+            {
+                Fail($"committed entry changed: g{g} index {i} was term {known.Term}, s{s.Id} commits term {e.Term}");
+            }
+
+            if (term < known.CommitTerm)
+            {
+                _committed[(g, i)] = known with { CommitTerm = term };
+            }
+        }
+        else
+        {
+            _committed[(g, i)] = (e.Term, hash, term);
+        }
+    }
+
     public void CheckServer(SimServer s, long now)
     {
         var sched = s.Scheduler!;
@@ -1272,23 +1300,7 @@ internal sealed class SimChecker
                     break;
                 }
 
-                var hash = EntryHash(e.Value);
-                if (_committed.TryGetValue((g, i), out var known))
-                {
-                    if (known.Term != e.Value.Term || known.Hash != hash)
-                    {
-                        Fail($"committed entry changed: g{g} index {i} was term {known.Term}, s{s.Id} commits term {e.Value.Term}");
-                    }
-
-                    if (n.Term < known.CommitTerm)
-                    {
-                        _committed[(g, i)] = known with { CommitTerm = n.Term };
-                    }
-                }
-                else
-                {
-                    _committed[(g, i)] = (e.Value.Term, hash, n.Term);
-                }
+                RecordCommitted(s, g, e.Value, n.Term);
             }
 
             _seenCommit[seenKey] = n.Committed;

@@ -20,6 +20,10 @@
 // - Peer state changes are delivered in order, one at a time, from a single dispatcher task.
 // - Untrusted input never escapes as an exception: bad magic/version/secret/server id, handshake timeouts and
 //   oversized frames close that connection with a log line; the transport keeps serving everyone else.
+// - Injected delay (PeerTransportOptions.InjectedDelay, benchmarks only): every frame accepted by TrySend waits in the
+//   transport's delay line (one FIFO, bounded) and enters its peer's send queue that long later (about 0.1 ms more
+//   at most), moved there by one dedicated pump thread; order per peer is kept and TrySend still never blocks.
+//   Handshakes are not delayed. Frames still held at dispose are lost, like queued ones.
 // - DisposeAsync closes every socket and waits for every loop: no callback runs after it returns. Do not call it
 //   from inside a callback (it would wait for itself).
 //
@@ -31,6 +35,7 @@
 // after about 20 s (TCP_USER_TIMEOUT on Linux).
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
@@ -97,6 +102,8 @@ public sealed class PeerTransport : IAsyncDisposable
     private readonly byte[] _mac;
     private readonly ulong _incarnation;
     private readonly long _queueBytes;
+    private readonly long _delayTicks;
+    private readonly DelayLine? _delayLine;
     private long _connectionSeq;
     private int _pendingHandshakes;
     private int _disposed;
@@ -145,6 +152,12 @@ public sealed class PeerTransport : IAsyncDisposable
         _mac = Handshake.ComputeMac(options.ClusterSecret);
         _incarnation = BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)) | 1;
         _queueBytes = Math.Max(options.SendQueueBytes, (long)options.MaxFrameBytes + SendQueue.HeaderBytes);
+        _delayTicks = (long)(options.InjectedDelay.TotalSeconds * Stopwatch.Frequency);
+        if (_delayTicks > 0)
+        {
+            // Holds at most a few times what the send queues do; frames leave after InjectedDelay whatever the peer's state.
+            _delayLine = new DelayLine(4 * options.SendQueueFrames, 2 * _queueBytes);
+        }
 
         _listener = new Socket(listenEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
@@ -172,6 +185,11 @@ public sealed class PeerTransport : IAsyncDisposable
         }
 
         _eventLoop = Task.Run(DispatchEventsAsync);
+        if (_delayLine is { } line)
+        {
+            StartDelayPump(line);
+        }
+
         Track(AcceptLoopAsync);
         Log($"listening on {LocalEndPoint}");
     }
@@ -231,8 +249,25 @@ public sealed class PeerTransport : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(payload), payload.Length, $"frame payload exceeds {_options.MaxFrameBytes} bytes");
         }
 
-        if (Volatile.Read(ref _disposed) != 0 || !_peers.TryGetValue(peerId, out var peer)
-            || !peer.Queue.TryEnqueue(kind, payload.Span, out var wasEmpty))
+        if (Volatile.Read(ref _disposed) != 0 || !_peers.TryGetValue(peerId, out var peer))
+        {
+            Interlocked.Increment(ref _framesDropped);
+            return false;
+        }
+
+        if (_delayLine is { } line)
+        {
+            // Benchmarks only: held for the injected delay, then moved into the send queue by the delay pump.
+            if (!line.TryAdd(Stopwatch.GetTimestamp() + _delayTicks, peer, kind, payload.Span))
+            {
+                Interlocked.Increment(ref _framesDropped);
+                return false;
+            }
+
+            return true;
+        }
+
+        if (!peer.Queue.TryEnqueue(kind, payload.Span, out var wasEmpty))
         {
             Interlocked.Increment(ref _framesDropped);
             return false;
@@ -274,6 +309,8 @@ public sealed class PeerTransport : IAsyncDisposable
         {
             p.Signal.Set();
         }
+
+        _delayLine?.Wake.Set();
 
         while (!_tasks.IsEmpty)
         {
@@ -566,6 +603,94 @@ public sealed class PeerTransport : IAsyncDisposable
             {
                 // Even a connection that drops at once is not redialed before this.
                 nextDial = Environment.TickCount64 + (long)_options.ReconnectInitialBackoff.TotalMilliseconds;
+            }
+        }
+    }
+
+    /// <summary>Starts the delay pump thread; dispose waits for it like for the loops.</summary>
+    private void StartDelayPump(DelayLine line)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _tasks.TryAdd(done.Task, 0);
+        _ = done.Task.ContinueWith(t => _tasks.TryRemove(t, out _), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                RunDelayPump(line);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Log($"delay pump failed: {e}");
+            }
+            finally
+            {
+                done.TrySetResult();
+            }
+        })
+        {
+            IsBackground = true,
+            Name = $"transport-delay-{LocalId}",
+        };
+        thread.Start();
+    }
+
+    /// <summary>
+    /// Benchmarks only: moves the frames of the delay line into their peers' send queues once due, in order. Sleeps
+    /// while the line is empty; else until the head is due: whole milliseconds in an interruptible wait (dispose wakes
+    /// it), the sub-millisecond rest with a precise sleep (see DelayLine). Never runs a callback.
+    /// </summary>
+    private void RunDelayPump(DelayLine line)
+    {
+        var due = new List<(Peer Peer, byte Kind, byte[] Payload)>();
+        var woken = new HashSet<Peer>();
+        while (!Stopping.IsCancellationRequested)
+        {
+            // Reset before looking: a frame added after the look sets Wake again, so no wake-up is lost.
+            line.Wake.Reset();
+            var now = Stopwatch.GetTimestamp();
+            var next = line.TakeDue(now, due);
+            if (due.Count > 0)
+            {
+                foreach (var (peer, kind, payload) in due)
+                {
+                    if (peer.Queue.TryEnqueue(kind, payload, out var wasEmpty))
+                    {
+                        if (wasEmpty)
+                        {
+                            woken.Add(peer);
+                        }
+                    }
+                    else
+                    {
+                        Interlocked.Increment(ref _framesDropped);
+                    }
+                }
+
+                foreach (var peer in woken)
+                {
+                    peer.Signal.Set();
+                }
+
+                due.Clear();
+                woken.Clear();
+            }
+
+            if (next is not { } at)
+            {
+                line.Wake.Wait();
+                continue;
+            }
+
+            var left = TimeSpan.FromSeconds((at - now) / (double)Stopwatch.Frequency);
+            if (left >= TimeSpan.FromMilliseconds(1))
+            {
+                // New frames are due later than the head: only dispose sets Wake while the line is not empty.
+                line.Wake.Wait((int)left.TotalMilliseconds);
+            }
+            else
+            {
+                DelayLine.SleepBriefly(left);
             }
         }
     }

@@ -40,9 +40,19 @@ public sealed record PeerTransportOptions
     /// <summary>Inbound connections still in their handshake beyond this are closed at once.</summary>
     public int MaxPendingHandshakes { get; init; } = 64;
 
+    /// <summary>
+    /// Benchmarks only: every frame sent to another server is held this long before it enters the peer's send
+    /// queue (a WAN-like one-way delay; order per peer is kept, the sender never blocks). Zero (the default) in
+    /// production. Held frames count against a bound like the send queue's; at most <see cref="MaxInjectedDelay"/>.
+    /// </summary>
+    public TimeSpan InjectedDelay { get; init; }
+
+    /// <summary>Largest accepted <see cref="InjectedDelay"/>.</summary>
+    public static TimeSpan MaxInjectedDelay => TimeSpan.FromSeconds(10);
+
     public override string ToString() =>
         $"PeerTransportOptions {{ MaxFrameBytes = {MaxFrameBytes}, SendQueueFrames = {SendQueueFrames}, SendQueueBytes = {SendQueueBytes}, " +
-        $"Backoff = {ReconnectInitialBackoff}..{ReconnectMaxBackoff}, ConnectTimeout = {ConnectTimeout}, HandshakeTimeout = {HandshakeTimeout} }}";
+        $"Backoff = {ReconnectInitialBackoff}..{ReconnectMaxBackoff}, ConnectTimeout = {ConnectTimeout}, HandshakeTimeout = {HandshakeTimeout}, InjectedDelay = {InjectedDelay} }}";
 
     internal void Validate()
     {
@@ -61,5 +71,7 @@ public sealed record PeerTransportOptions
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(ConnectTimeout, TimeSpan.Zero);
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(HandshakeTimeout, TimeSpan.Zero);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxPendingHandshakes);
+        ArgumentOutOfRangeException.ThrowIfLessThan(InjectedDelay, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(InjectedDelay, MaxInjectedDelay);
     }
 }

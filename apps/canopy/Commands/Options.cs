@@ -7,8 +7,8 @@ namespace Canopy.Cli.Commands;
 /// <summary>Option factories whose bad values give one clear line ("invalid value 'x' for --seeds: ...").</summary>
 public static class Options
 {
-    /// <summary>An integer option with a minimum and a default shown in the help.</summary>
-    public static Option<int> Int(string name, string description, int defaultValue, int min)
+    /// <summary>An integer option with a minimum (and optionally a maximum) and a default shown in the help.</summary>
+    public static Option<int> Int(string name, string description, int defaultValue, int min, int max = int.MaxValue)
     {
         return new Option<int>(name)
         {
@@ -30,10 +30,23 @@ public static class Options
                     return default;
                 }
 
+                if (value > max)
+                {
+                    result.AddError($"invalid value '{text}' for {name}: must be at most {max}");
+                    return default;
+                }
+
                 return value;
             },
         };
     }
+
+    /// <summary>
+    /// <c>--inject-delay-ms</c> of the start commands (benchmarks only): a one-way delay added to every message the
+    /// server sends to another server (Raft frames and server-to-server requests), milliseconds, 0 to 10,000.
+    /// </summary>
+    public static Option<int> InjectDelayMs() =>
+        Int("--inject-delay-ms", "Benchmarks only: one-way delay added to every message this server sends to another server (Raft and server-to-server requests), in milliseconds. Never use it in production.", 0, min: 0, max: 10_000);
 
     /// <summary>An optional unsigned 64-bit option (e.g. a seed); null when absent.</summary>
     public static Option<ulong?> ULong(string name, string description)

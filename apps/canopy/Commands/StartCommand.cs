@@ -23,9 +23,10 @@ public static class StartCommand
         var join = new Option<string>("--join") { Description = "Every initial server's --listen-addr, comma-separated; the same list on each.", HelpName = "list", Required = !single };
         var ranges = Options.Int("--initial-ranges", "User ranges created when the cluster is initialised (plus the system range).", 6, min: 1);
         var lease = Options.Duration("--lease-duration", "Range lease duration (renewed at half).", TimeSpan.FromSeconds(2));
+        var injectDelay = Options.InjectDelayMs();
         var cmd = single
-            ? new Command("start-single-node", "Start one server with one replica per range (the embedded default); it initialises itself.") { store, listen, http, ranges, lease }
-            : new Command("start", "Start a server of a cluster; initialise the cluster once with `canopy init`.") { store, listen, http, join, ranges, lease };
+            ? new Command("start-single-node", "Start one server with one replica per range (the embedded default); it initialises itself.") { store, listen, http, ranges, lease, injectDelay }
+            : new Command("start", "Start a server of a cluster; initialise the cluster once with `canopy init`.") { store, listen, http, join, ranges, lease, injectDelay };
 
         cmd.SetAction(async (parseResult, ct) =>
         {
@@ -40,6 +41,7 @@ public static class StartCommand
                 SingleNode = single,
                 UserRanges = parseResult.GetValue(ranges),
                 LeaseDuration = parseResult.GetValue(lease) ?? TimeSpan.FromSeconds(2),
+                InjectedDelay = TimeSpan.FromMilliseconds(parseResult.GetValue(injectDelay)),
             };
             var output = parseResult.InvocationConfiguration.Output;
             var log = (string m) =>
@@ -66,6 +68,11 @@ public static class StartCommand
             await using (server)
             {
                 log($"canopy node {server.NodeId} serving on {listenText} (clients and servers), http://{options.HttpEndPoint}; store {options.StoreDirectory}");
+                if (options.InjectedDelay > TimeSpan.Zero)
+                {
+                    log($"benchmarks only: every message to another server is delayed by {options.InjectedDelay.TotalMilliseconds:0} ms (--inject-delay-ms)");
+                }
+
                 try
                 {
                     await Task.Delay(Timeout.Infinite, ct);

@@ -18,6 +18,7 @@ public sealed class RaftSimulationTests(ITestOutputHelper output)
         11,   // ack-before-persist found here as a lost acknowledged entry (must stay clean with the rule kept)
         1219, // a leader of an old term, elected late after a stall: leader completeness only covers earlier terms
         1920, // the most up-to-date server held an uncommitted removal of itself: it must still campaign
+        1935, // checker: an entry committed, applied and compacted by the leader within one step was never recorded
     };
 
     [Fact]

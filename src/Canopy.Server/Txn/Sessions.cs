@@ -1,0 +1,178 @@
+// Transaction sessions at the gateway
+// ===================================
+//
+// A client (CLI, .NET SDK, later the WebSocket gateway) runs a transaction through the server it is connected to:
+// txn_begin creates a TxnCoordinator here and returns its id; txn_get / txn_scan / txn_put / txn_delete / txn_cput /
+// txn_commit / txn_rollback name it. One operation per transaction at a time (requests of one transaction are
+// serialised). A transaction idle for SessionIdleLimit is rolled back (its client vanished).
+//
+// Outcomes reach the client in one place (CommitAnswer): committed → a result with the commit timestamp; aborted →
+// TxnAborted (retryable) or BadRequest (not retryable) with the reason; ambiguous → Ambiguous. A read or write that
+// finds the transaction must restart answers TxnAborted, and the session is over.
+namespace Canopy.Server;
+
+using System.Collections.Concurrent;
+using Canopy.Clock;
+using Canopy.Rpc;
+using Canopy.Txn;
+
+public sealed partial class CanopyServer
+{
+    /// <summary>A transaction with no request for this long is rolled back.</summary>
+    private static readonly TimeSpan SessionIdleLimit = TimeSpan.FromSeconds(60);
+
+    /// <summary>Transactions open at once on this gateway (each holds a little memory and a heartbeat).</summary>
+    private const int MaxSessions = 10_000;
+
+    private readonly ConcurrentDictionary<Guid, Session> _sessions = new();
+
+    private sealed class Session(TxnCoordinator coordinator)
+    {
+        public readonly TxnCoordinator Coordinator = coordinator;
+        public readonly SemaphoreSlim Gate = new(1, 1);
+        public long LastUsed = Environment.TickCount64;
+    }
+
+    private sealed class RouterSender(CanopyServer server) : ITxnSender
+    {
+        public async Task<RpcResponse> SendAsync(RpcRequest request, byte[] routeKey, CancellationToken ct) =>
+            await (await server.RouterAsync(ct)).SendToRangeAsync(request, routeKey, ct);
+
+        public async Task<(byte[] Start, byte[]? End)> RangeOfAsync(byte[] key, CancellationToken ct)
+        {
+            // The layout is known to every server (static ranges); no round trip.
+            if (server._meta.Ranges.Select(r => r.ToDescriptor()).FirstOrDefault(d => d.Contains(key)) is { } d)
+            {
+                return (d.StartKey, d.EndKey);
+            }
+
+            var info = (await (await server.RouterAsync(ct)).SendToRangeAsync(new RpcRequest { Method = RpcMethods.RangeLookup, Key = key }, key, ct)).Range;
+            return info is null ? throw new InvalidOperationException("no range holds the key") : (info.StartKey, info.EndKey);
+        }
+    }
+
+    private async Task<RpcResponse> HandleSessionAsync(RpcRequest request, CancellationToken ct)
+    {
+        if (request.Method == RpcMethods.TxnBegin)
+        {
+            if (_sessions.Count >= MaxSessions)
+            {
+                return RpcResponse.Fail(RpcErrorCode.Unavailable, $"this server already runs {MaxSessions} transactions; try again later");
+            }
+
+            var args = request.Args ?? [];
+            var settings = new TxnSettings
+            {
+                ParallelCommits = !string.Equals(args.GetValueOrDefault("parallel_commits"), "false", StringComparison.OrdinalIgnoreCase),
+                OnePhase = !string.Equals(args.GetValueOrDefault("one_phase"), "false", StringComparison.OrdinalIgnoreCase),
+                PipelineWrites = string.Equals(args.GetValueOrDefault("pipeline"), "true", StringComparison.OrdinalIgnoreCase),
+                Priority = uint.TryParse(args.GetValueOrDefault("priority"), out var p) ? p : 0,
+            };
+            var coordinator = new TxnCoordinator(new RouterSender(this), _clock, settings, _log);
+            _sessions[coordinator.Meta.Id] = new Session(coordinator);
+            SweepSessions();
+            return new RpcResponse { Info = new() { ["txn_id"] = coordinator.Meta.Id.ToString() }, Timestamp = coordinator.Meta.ReadTimestamp.ToString() };
+        }
+
+        if (!Guid.TryParse(request.TxnId, out var id) || !_sessions.TryGetValue(id, out var session))
+        {
+            return RpcResponse.Fail(RpcErrorCode.TxnAborted, "unknown transaction on this server (it ended, expired, or the server restarted)");
+        }
+
+        await session.Gate.WaitAsync(ct);
+        try
+        {
+            session.LastUsed = Environment.TickCount64;
+            var c = session.Coordinator;
+            switch (request.Method)
+            {
+                case RpcMethods.TxnGet:
+                    if (ValidateKey(request.Key) is { } badGet)
+                    {
+                        return RpcResponse.Fail(RpcErrorCode.BadRequest, badGet);
+                    }
+
+                    var v = await c.GetAsync(request.Key!, ct);
+                    return new RpcResponse { Found = v is not null, Value = v };
+                case RpcMethods.TxnScan:
+                    var rows = await c.ScanAsync(request.Key is { Length: > 0 } s ? s : [0x01], request.EndKey, request.Limit, ct);
+                    return new RpcResponse { Rows = rows };
+                case RpcMethods.TxnPut:
+                case RpcMethods.TxnDelete:
+                    if (ValidateKey(request.Key) is { } badPut)
+                    {
+                        return RpcResponse.Fail(RpcErrorCode.BadRequest, badPut);
+                    }
+
+                    await c.WriteAsync(request.Key!, request.Method == RpcMethods.TxnPut ? request.Value ?? [] : null, ct);
+                    return new RpcResponse();
+                case RpcMethods.TxnConditionalPut:
+                    if (ValidateKey(request.Key) is { } badCput)
+                    {
+                        return RpcResponse.Fail(RpcErrorCode.BadRequest, badCput);
+                    }
+
+                    // Read then write inside the serializable transaction: the condition holds at the commit timestamp.
+                    var current = await c.GetAsync(request.Key!, ct);
+                    var expected = request.Expected;
+                    var matches = current is null ? expected is null : expected is not null && current.AsSpan().SequenceEqual(expected);
+                    if (!matches)
+                    {
+                        return new RpcResponse { Error = new RpcError(RpcErrorCode.ConditionFailed, "the current value is not the expected one"), Found = current is not null, Value = current };
+                    }
+
+                    await c.WriteAsync(request.Key!, request.Value ?? [], ct);
+                    return new RpcResponse();
+                case RpcMethods.TxnCommit:
+                    _sessions.TryRemove(id, out _);
+                    return CommitAnswer(await c.CommitAsync(ct));
+                case RpcMethods.TxnRollback:
+                    _sessions.TryRemove(id, out _);
+                    await c.RollbackAsync();
+                    return new RpcResponse { Status = "aborted" };
+                default:
+                    return RpcResponse.Fail(RpcErrorCode.BadRequest, $"unknown method '{request.Method}'");
+            }
+        }
+        catch (TxnRetryException e)
+        {
+            _sessions.TryRemove(id, out _);
+            await session.Coordinator.RollbackAsync();
+            return RpcResponse.Fail(RpcErrorCode.TxnAborted, e.Message);
+        }
+        catch (TxnRequestException e)
+        {
+            return RpcResponse.Fail(e.Code, e.Message);
+        }
+        finally
+        {
+            session.Gate.Release();
+        }
+    }
+
+    /// <summary>The one place where a commit's outcome becomes an answer (txn-pitfalls 5).</summary>
+    private static RpcResponse CommitAnswer(TxnResult r) => r.Outcome switch
+    {
+        TxnOutcome.Committed => new RpcResponse { Status = "committed", Timestamp = r.CommitTimestamp.ToString() },
+        TxnOutcome.Aborted when r.Retryable => RpcResponse.Fail(RpcErrorCode.TxnAborted, r.Reason ?? "aborted"),
+        TxnOutcome.Aborted => RpcResponse.Fail(RpcErrorCode.BadRequest, r.Reason ?? "rejected"),
+        _ => RpcResponse.Fail(RpcErrorCode.Ambiguous, r.Reason ?? "the commit may or may not have happened"),
+    };
+
+    private void SweepSessions()
+    {
+        var now = Environment.TickCount64;
+        foreach (var (id, s) in _sessions)
+        {
+            if (now - Interlocked.Read(ref s.LastUsed) > SessionIdleLimit.TotalMilliseconds && _sessions.TryRemove(id, out _))
+            {
+                _ = s.Coordinator.RollbackAsync();
+            }
+        }
+    }
+
+    /// <summary>For tests: the coordinator of an open transaction on this gateway.</summary>
+    internal TxnCoordinator? SessionCoordinator(Guid id) => _sessions.TryGetValue(id, out var s) ? s.Coordinator : null;
+
+    private static HlcTimestamp ParseTs(string? s) => HlcTimestamp.TryParse(s, out var t) ? t : HlcTimestamp.Zero;
+}
