@@ -76,7 +76,7 @@ internal static class CommitScenario
                 await admin.InitAsync(ct);
             }
 
-            await cluster.WaitLeaseholdersAsync(nodes, ct);
+            await WaitLeaseholdersAsync(cluster, nodes, ct);
             var ranges = await UserRangesAsync(cluster, nodes, ct);
             ctx.Progress($"commit: up in {upMs:F0} ms, initialised with {ranges.Count} user ranges in {sw.Elapsed.TotalMilliseconds - upMs:F0} ms more; " +
                 $"leaseholders: {string.Join(", ", ranges.Select(r => $"r{r.RangeId}→s{r.Leaseholder}"))}");
@@ -255,6 +255,39 @@ internal static class CommitScenario
         }
 
         return best!;
+    }
+
+    /// <summary>
+    /// Waits until every server names the same leaseholder for every range (as <see cref="KvCluster.WaitLeaseholdersAsync"/>),
+    /// but on timeout says which ranges disagree and how each server sees them.
+    /// </summary>
+    private static async Task WaitLeaseholdersAsync(KvCluster cluster, KvServerProcess[] nodes, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            var views = await Task.WhenAll(nodes.Select(n => cluster.RangesOnAsync(n, TimeSpan.FromSeconds(3), ct)));
+            var ids = views.Where(v => v is not null).SelectMany(v => v!).Select(r => r.RangeId).Distinct().Order().ToList();
+            var bad = views.Any(v => v is not { Count: > 0 })
+                ? ids
+                : ids.Where(id => views.Select(v => v!.FirstOrDefault(r => r.RangeId == id)?.Leaseholder ?? 0).Distinct().Count() != 1
+                    || views[0]!.First(r => r.RangeId == id).Leaseholder == 0).ToList();
+            if (ids.Count > 0 && bad.Count == 0)
+            {
+                return;
+            }
+
+            if (sw.Elapsed > TimeSpan.FromSeconds(60))
+            {
+                var detail = string.Join("; ", nodes.Select((n, i) => $"s{n.Id} sees " + (views[i] is { } v
+                    ? string.Join(",", v.Where(r => bad.Contains(r.RangeId)).Select(r => $"r{r.RangeId}→{r.Leaseholder}(leader {r.RaftLeader}, applied {r.AppliedIndex})"))
+                    : "nothing (no answer)")));
+                var tails = string.Join(" || ", nodes.Select(n => $"s{n.Id}: " + string.Join(" | ", n.Tail().Split('\n').TakeLast(4))));
+                throw new InvalidOperationException($"commit: ranges {string.Join(",", bad.Select(b => $"r{b}"))} have no leaseholder agreed by every server after 60 s: {detail}; last server output: {tails}");
+            }
+
+            await Task.Delay(50, ct);
+        }
     }
 
     private static async Task<List<RangeInfo>> UserRangesAsync(KvCluster cluster, KvServerProcess[] nodes, CancellationToken ct) =>

@@ -909,12 +909,24 @@ public sealed partial class CanopyServer
 
             var lastAlive = rec?.LastHeartbeat ?? pushee.MinTimestamp;
             var expired = lastAlive.Add(TxnExpiry) < now;
+
+            // A cycle: the pushee waits (transitively) on the pusher. The member of lower priority gives way.
+            var deadlock = pusher is not null && (request.Deps ?? []).Contains(pushee.Id.ToString(), StringComparer.OrdinalIgnoreCase);
+            var pusherWins = pusher is not null && (pusher.Priority > pushee.Priority || (pusher.Priority == pushee.Priority && pusher.Id.CompareTo(pushee.Id) > 0));
             if (rec is { Status: TxnStatus.Staging })
             {
-                if (expired)
+                // A STAGING record may be implicitly committed: never abort it here. Status recovery decides it
+                // safely (it prevents any write still missing). For an abandoned record, or a live one caught in a
+                // deadlock while one of its writes waits (that write is missing, so recovery aborts it).
+                if (expired || (deadlock && pusherWins))
                 {
                     var answer = StatusAnswer(rec, pushee.Anchor);
                     return new RpcResponse { Status = "recover", Txn = answer.Txn, InFlight = rec.InFlight, LockKeys = rec.LockKeys };
+                }
+
+                if (deadlock)
+                {
+                    return new RpcResponse { Status = "abort_pusher" };
                 }
             }
             else
@@ -924,8 +936,6 @@ public sealed partial class CanopyServer
                     return new RpcResponse { Status = "pushed", Txn = StatusAnswer(rec, pushee.Anchor).Txn };
                 }
 
-                var deadlock = pusher is not null && (request.Deps ?? []).Contains(pushee.Id.ToString(), StringComparer.OrdinalIgnoreCase);
-                var pusherWins = pusher is not null && (pusher.Priority > pushee.Priority || (pusher.Priority == pushee.Priority && pusher.Id.CompareTo(pushee.Id) > 0));
                 if (expired || (deadlock && pusherWins))
                 {
                     var aborted = new TxnRecord(pushee.Id, TxnStatus.Aborted, rec?.Epoch ?? pushee.Epoch, rec?.WriteTimestamp ?? pushee.WriteTimestamp,

@@ -174,5 +174,35 @@ public sealed partial class CanopyServer
     /// <summary>For tests: the coordinator of an open transaction on this gateway.</summary>
     internal TxnCoordinator? SessionCoordinator(Guid id) => _sessions.TryGetValue(id, out var s) ? s.Coordinator : null;
 
-    private static HlcTimestamp ParseTs(string? s) => HlcTimestamp.TryParse(s, out var t) ? t : HlcTimestamp.Zero;
+    /// <summary>For tests: the intents this server's replicas hold on <paramref name="keys"/> (key, transaction).</summary>
+    internal List<(byte[] Key, Guid Txn)> LocalIntents(IEnumerable<byte[]> keys)
+    {
+        var found = new List<(byte[], Guid)>();
+        foreach (var k in keys)
+        {
+            foreach (var sm in _machines.All)
+            {
+                if (sm.Descriptor is { } d && d.Contains(k) && sm.Mvcc.GetIntent(k) is { } intent)
+                {
+                    found.Add((k, intent.TxnId));
+                }
+            }
+        }
+
+        return found;
+    }
+
+    /// <summary>For tests: the status of a transaction record in this server's replica of its anchor's range.</summary>
+    internal TxnStatus? LocalRecordStatus(byte[] anchor, Guid id)
+    {
+        foreach (var sm in _machines.All)
+        {
+            if (sm.Descriptor is { } d && d.Contains(anchor))
+            {
+                return ReadRecord(sm, Canopy.Mvcc.TxnKeys.Record(anchor, id))?.Status;
+            }
+        }
+
+        return null;
+    }
 }
