@@ -633,9 +633,9 @@ public sealed partial class CanopyServer : IAsyncDisposable
             case RpcMethods.Get:
                 return ValidateKey(request.Key) is { } badKey
                     ? RpcResponse.Fail(RpcErrorCode.BadRequest, badKey)
-                    : await ReadAsync(request.Key!, null, point: true, 0, null, ct);
+                    : await Txn.ReadAsync(request.Key!, null, point: true, 0, null, ct);
             case RpcMethods.Scan:
-                return await ReadAsync(request.Key is { Length: > 0 } scanStart ? scanStart : [0x01], request.EndKey, point: false, request.Limit, null, ct);
+                return await Txn.ReadAsync(request.Key is { Length: > 0 } scanStart ? scanStart : [0x01], request.EndKey, point: false, request.Limit, null, ct);
             case RpcMethods.Put:
             case RpcMethods.Delete:
             case RpcMethods.Batch:
@@ -643,7 +643,7 @@ public sealed partial class CanopyServer : IAsyncDisposable
             default:
                 if (request.Method.StartsWith("kv_", StringComparison.Ordinal))
                 {
-                    return await HandleTxnAsync(request, ct);
+                    return await Txn.HandleAsync(request, ct);
                 }
 
                 if (request.Method.StartsWith("txn_", StringComparison.Ordinal))
@@ -658,7 +658,7 @@ public sealed partial class CanopyServer : IAsyncDisposable
     private RpcResponse NotInitialized() =>
         RpcResponse.Fail(RpcErrorCode.NotInitialized, "the cluster is not initialised yet: run `canopy init --host <any server>`");
 
-    private static string? ValidateKey(byte[]? key)
+    internal static string? ValidateKey(byte[]? key)
     {
         if (key is null || key.Length == 0)
         {
@@ -752,7 +752,7 @@ public sealed partial class CanopyServer : IAsyncDisposable
             }
         }
 
-        return await WriteAsync(writes[0].Key, writes.Select(w => new KeyWrite(w.Key, w.Value)).ToList(), null, "plain", [], [], false, ct);
+        return await Txn.WriteAsync(writes[0].Key, writes.Select(w => new KeyWrite(w.Key, w.Value)).ToList(), null, "plain", [], [], false, ct);
     }
 
     private RpcResponse Lookup(byte[] key)

@@ -49,6 +49,54 @@ public interface ITxnSender
     Task<(byte[] Start, byte[]? End)> RangeOfAsync(byte[] key, CancellationToken ct);
 }
 
+/// <summary>
+/// What the coordinator takes from its surroundings: time, background work, randomness, fault points. The defaults
+/// are the real ones; the transaction simulation passes deterministic ones (virtual time, one thread, a seeded random).
+/// </summary>
+public sealed record TxnEnvironment
+{
+    public static readonly TxnEnvironment Default = new();
+
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>Starts background work (heartbeats, finalisation).</summary>
+    public Func<Func<Task>, Task> Spawn { get; init; } = work => Task.Run(work);
+
+    /// <summary>Ids and priorities (null: Random.Shared).</summary>
+    public Random? Random { get; init; }
+
+    /// <summary>Fault points of this coordinator (null: the process-wide <see cref="FaultPoints"/>).</summary>
+    public Func<string, Task>? Faults { get; init; }
+
+    /// <summary>Planted bugs (tests of the checkers only).</summary>
+    public TxnBugs Bugs { get; init; }
+}
+
+/// <summary>
+/// Planted bugs (txn-pitfalls.md): each breaks one rule on purpose so tests can show the transaction simulation or
+/// the history checker catches it. Never set outside tests.
+/// </summary>
+[Flags]
+public enum TxnBugs
+{
+    None = 0,
+
+    /// <summary>Rule 9: commit at a pushed timestamp without refreshing reads.</summary>
+    SkipRefresh = 1,
+
+    /// <summary>Rule 1: tell "committed" when the stage succeeded, ignoring writes acknowledged above the staging timestamp.</summary>
+    IgnorePushedWrites = 2,
+
+    /// <summary>Rule 5: report an unclear final batch as aborted instead of settling it.</summary>
+    UnclearIsAborted = 4,
+
+    /// <summary>Rule 8 (replica side): writes ignore the timestamp cache.</summary>
+    NoTimestampCache = 8,
+
+    /// <summary>Rule 3 (replica side): status recovery does not prevent missing writes before deciding.</summary>
+    RecoveryWithoutPrevent = 16,
+}
+
 /// <summary>Per-transaction switches.</summary>
 public sealed record TxnSettings
 {
@@ -116,15 +164,21 @@ public sealed class TxnCoordinator
     private bool _finished;
     private bool _staged;
 
-    public TxnCoordinator(ITxnSender sender, HybridClock clock, TxnSettings? settings = null, Action<string>? log = null)
+    public TxnCoordinator(ITxnSender sender, HybridClock clock, TxnSettings? settings = null, Action<string>? log = null, TxnEnvironment? env = null)
     {
         _sender = sender;
         _settings = settings ?? new TxnSettings();
         _log = log ?? (_ => { });
+        _env = env ?? TxnEnvironment.Default;
         var now = clock.Now();
-        var priority = _settings.Priority != 0 ? _settings.Priority : (uint)Random.Shared.NextInt64(1, uint.MaxValue);
-        Meta = new TxnMeta(Guid.NewGuid(), 0, now, now, now, priority, []);
+        var random = _env.Random ?? Random.Shared;
+        var priority = _settings.Priority != 0 ? _settings.Priority : (uint)random.NextInt64(1, uint.MaxValue);
+        var id = new byte[16];
+        random.NextBytes(id);
+        Meta = new TxnMeta(new Guid(id), 0, now, now, now, priority, []);
     }
+
+    private readonly TxnEnvironment _env;
 
     /// <summary>The transaction as it stands (timestamps move up with pushes and refreshes).</summary>
     public TxnMeta Meta { get; private set; }
@@ -318,15 +372,15 @@ public sealed class TxnCoordinator
             switch (end.Status)
             {
                 case "aborted":
-                    Finalized = Task.Run(() => ResolveAllAsync(meta, "aborted", keys));
+                    Finalized = _env.Spawn(() => ResolveAllAsync(meta, "aborted", keys));
                     return TxnResult.Aborted(reason);
                 case "committed":
                     var ts = HlcTimestamp.Parse(end.Timestamp!);
-                    Finalized = Task.Run(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", keys));
+                    Finalized = _env.Spawn(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", keys));
                     return TxnResult.Committed(ts);
             }
 
-            await Task.Delay(100);
+            await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time);
         }
 
         return TxnResult.Ambiguous($"{reason}; then the record could not be reached to abort it");
@@ -351,7 +405,7 @@ public sealed class TxnCoordinator
         var onePhase = _settings.OnePhase && _lockKeys.Count == 0 && await SingleRangeAsync(_bufferOrder, ct);
         for (var attempt = 0; attempt < 8; attempt++)
         {
-            if (Meta.WriteTimestamp > Meta.ReadTimestamp && !await RefreshAsync(Meta.WriteTimestamp, ct))
+            if (Meta.WriteTimestamp > Meta.ReadTimestamp && !_env.Bugs.HasFlag(TxnBugs.SkipRefresh) && !await RefreshAsync(Meta.WriteTimestamp, ct))
             {
                 return await AbortCommitAsync($"read refresh to {Meta.WriteTimestamp} failed: a key this transaction read changed");
             }
@@ -455,6 +509,11 @@ public sealed class TxnCoordinator
         await Point("coordinator.after-stage");
 
         var unclear = stageResp.Error is not null || acks.Any(a => a.Error is not null);
+        if (unclear && _env.Bugs.HasFlag(TxnBugs.UnclearIsAborted))
+        {
+            return (TxnResult.Aborted("unclear final batch (planted bug: reported as aborted)"), null);
+        }
+
         if (unclear)
         {
             var first = stageResp.Error ?? acks.First(a => a.Error is not null).Error!;
@@ -469,7 +528,7 @@ public sealed class TxnCoordinator
         }
 
         var maxTs = acks.Select(a => HlcTimestamp.Parse(a.Timestamp!)).Append(HlcTimestamp.Parse(stageResp.Timestamp!)).Max();
-        if (stageResp.Status == "pushed" || maxTs > meta.WriteTimestamp)
+        if (stageResp.Status == "pushed" || (maxTs > meta.WriteTimestamp && !_env.Bugs.HasFlag(TxnBugs.IgnorePushedWrites)))
         {
             // Not implicitly committed at meta's timestamp: refresh and re-stage higher (the loop does both).
             return (null, maxTs);
@@ -479,7 +538,7 @@ public sealed class TxnCoordinator
         StopHeartbeat();
         await Point("coordinator.after-implicit-commit");
         var commitTs = meta.WriteTimestamp;
-        Finalized = Task.Run(() => FinalizeAsync(meta, commit: true, inFlight));
+        Finalized = _env.Spawn(() => FinalizeAsync(meta, commit: true, inFlight));
         return (TxnResult.Committed(commitTs), null);
     }
 
@@ -521,13 +580,13 @@ public sealed class TxnCoordinator
                 return (null, HlcTimestamp.Parse(end.Txn!.WriteTs));
             case "aborted":
                 StopHeartbeat();
-                Finalized = Task.Run(() => ResolveAllAsync(meta, "aborted", _lockKeys.ToList()));
+                Finalized = _env.Spawn(() => ResolveAllAsync(meta, "aborted", _lockKeys.ToList()));
                 return (TxnResult.Aborted("the transaction was aborted by a conflicting transaction"), null);
             default:
                 StopHeartbeat();
                 await Point("coordinator.after-commit");
                 var ts = HlcTimestamp.Parse(end.Timestamp!);
-                Finalized = Task.Run(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", _lockKeys.ToList()));
+                Finalized = _env.Spawn(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", _lockKeys.ToList()));
                 return (TxnResult.Committed(ts), null);
         }
     }
@@ -540,8 +599,8 @@ public sealed class TxnCoordinator
     private async Task<TxnResult> SettleAsync(TxnMeta meta, string why, CancellationToken ct, bool twoPhase = false)
     {
         StopHeartbeat();
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (DateTime.UtcNow < deadline)
+        var deadline = _env.Time.GetUtcNow() + TimeSpan.FromSeconds(20);
+        while (_env.Time.GetUtcNow() < deadline)
         {
             RpcResponse rec;
             try
@@ -551,26 +610,26 @@ public sealed class TxnCoordinator
             }
             catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
             {
-                await Task.Delay(100, ct);
+                await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time, ct);
                 continue;
             }
 
             if (rec.Error is not null)
             {
-                await Task.Delay(100, ct);
+                await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time, ct);
                 continue;
             }
 
             switch (rec.Status)
             {
                 case "aborted":
-                    Finalized = Task.Run(() => ResolveAllAsync(meta, "aborted", _lockKeys.ToList()));
+                    Finalized = _env.Spawn(() => ResolveAllAsync(meta, "aborted", _lockKeys.ToList()));
                     return twoPhase && why.StartsWith("Ambiguous", StringComparison.Ordinal)
                         ? TxnResult.Aborted($"aborted after an unclear commit reply ({why})")
                         : TxnResult.Aborted($"aborted: {why}");
                 case "committed":
                     var ts = HlcTimestamp.Parse(rec.Timestamp!);
-                    Finalized = Task.Run(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", _lockKeys.ToList()));
+                    Finalized = _env.Spawn(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", _lockKeys.ToList()));
                     return TxnResult.Committed(ts);
                 case "staging":
                     var staged = TxnWire.FromDto(rec.Txn, out _) ?? meta;
@@ -613,10 +672,10 @@ public sealed class TxnCoordinator
                         }
                     }
 
-                    await Task.Delay(reached ? 0 : 100, ct);
+                    await Task.Delay(TimeSpan.FromMilliseconds(reached ? 0 : 100), _env.Time, ct);
                     continue;
                 default:
-                    await Task.Delay(100, ct);
+                    await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time, ct);
                     continue;
             }
         }
@@ -639,7 +698,7 @@ public sealed class TxnCoordinator
                     break;
                 }
 
-                await Task.Delay(100);
+                await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time);
             }
 
             await Point("coordinator.before-resolve");
@@ -663,7 +722,7 @@ public sealed class TxnCoordinator
             var r = await SendCatchingAsync(new RpcRequest { Method = RpcMethods.KvResolve, Mode = mode, Txn = meta.ToDto(), LockKeys = rest }, rest[0], CancellationToken.None);
             if (r.Error is not null)
             {
-                await Task.Delay(100);
+                await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time);
                 continue;
             }
 
@@ -703,7 +762,7 @@ public sealed class TxnCoordinator
         var meta = Meta;
         var keys = _lockKeys.ToList();
         _log($"txn {meta.Id}: aborting ({reason})");
-        Finalized = Task.Run(async () =>
+        Finalized = _env.Spawn(async () =>
         {
             var end = await SendCatchingAsync(new RpcRequest { Method = RpcMethods.KvTxnEnd, Mode = "abort", Txn = meta.ToDto(), LockKeys = keys }, meta.Anchor, CancellationToken.None);
             if (end.Status == "aborted")
@@ -724,13 +783,13 @@ public sealed class TxnCoordinator
         }
 
         var token = _heartbeatStop.Token;
-        _heartbeat = Task.Run(async () =>
+        _heartbeat = _env.Spawn(async () =>
         {
             try
             {
                 while (!token.IsCancellationRequested)
                 {
-                    await Task.Delay(_settings.HeartbeatInterval, token);
+                    await Task.Delay(_settings.HeartbeatInterval, _env.Time, token);
                     var resp = await SendCatchingAsync(
                         new RpcRequest { Method = RpcMethods.KvTxnHeartbeat, Txn = Meta.ToDto(), LockKeys = _lockKeys.ToList() }, Meta.Anchor, token);
                     if (resp.Status == "aborted")
@@ -875,5 +934,6 @@ public sealed class TxnCoordinator
         return resp;
     }
 
-    private static Task Point(string name) => FaultPoints.Active ? FaultPoints.HitAsync(name) : Task.CompletedTask;
+    private Task Point(string name) =>
+        _env.Faults is { } f ? f(name) : FaultPoints.Active ? FaultPoints.HitAsync(name) : Task.CompletedTask;
 }

@@ -19,13 +19,18 @@ public sealed class TxnWaitRegistry
     private static readonly TimeSpan DepLifetime = TimeSpan.FromMilliseconds(600);
 
     private readonly object _gate = new();
+    private readonly TimeProvider _time;
     private readonly Dictionary<Guid, Dictionary<Guid, long>> _deps = [];
+
+    public TxnWaitRegistry(TimeProvider? time = null) => _time = time ?? TimeProvider.System;
+
+    private long NowMs => (long)_time.GetElapsedTime(0).TotalMilliseconds;
     private readonly Dictionary<Guid, TaskCompletionSource> _changed = [];
 
     /// <summary>Records that <paramref name="pusher"/> (and everything waiting on it) waits on <paramref name="pushee"/>.</summary>
     public void AddWaiter(Guid pushee, Guid pusher, IEnumerable<Guid> pusherDeps)
     {
-        var expires = Environment.TickCount64 + (long)DepLifetime.TotalMilliseconds;
+        var expires = NowMs + (long)DepLifetime.TotalMilliseconds;
         lock (_gate)
         {
             if (!_deps.TryGetValue(pushee, out var set))
@@ -45,7 +50,7 @@ public sealed class TxnWaitRegistry
     /// <summary>Every transaction known to wait (directly or through others) on <paramref name="txn"/>.</summary>
     public IReadOnlyList<Guid> Dependents(Guid txn)
     {
-        var now = Environment.TickCount64;
+        var now = NowMs;
         lock (_gate)
         {
             if (!_deps.TryGetValue(txn, out var set))

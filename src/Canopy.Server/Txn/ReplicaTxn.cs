@@ -34,7 +34,42 @@ using Canopy.Rpc;
 using Canopy.Storage;
 using Canopy.Txn;
 
-public sealed partial class CanopyServer
+/// <summary>What the replica side of transactions needs from its server (CanopyServer; the simulation's servers).</summary>
+internal interface IReplicaHost
+{
+    HybridClock Clock { get; }
+
+    TimeSpan MaxOffset { get; }
+
+    TimeProvider Time { get; }
+
+    KeyLatches Latches { get; }
+
+    /// <summary>Cancelled when the server stops.</summary>
+    CancellationToken Stopping { get; }
+
+    /// <summary>Planted bugs of the replica side (tests only).</summary>
+    TxnBugs Bugs => TxnBugs.None;
+
+    (RangeStateMachine? Sm, RpcResponse? Error) Locate(byte[] key);
+
+    /// <summary>The lease to serve under and the timestamp to serve at, or the error to answer.</summary>
+    Task<(Lease? Lease, HlcTimestamp Timestamp, RpcResponse? Error)> EnsureLeaseAsync(RangeStateMachine sm, CancellationToken ct);
+
+    /// <summary>Proposes a command to the range's log; completes once applied and written (or provably not).</summary>
+    Task<ProposeOutcome> ProposeAsync(ulong rangeId, byte[] command, CancellationToken ct);
+
+    /// <summary>Sends to the leaseholder of <paramref name="routeKey"/>'s range (itself included); final errors come back in the answer.</summary>
+    Task<RpcResponse> RouteAsync(RpcRequest request, byte[] routeKey, CancellationToken ct);
+
+    RangeInfo Info(RangeStateMachine sm);
+}
+
+/// <summary>One key of a write request.</summary>
+internal readonly record struct KeyWrite(byte[] Key, byte[]? Value);
+
+/// <summary>The replica side of transactions at one server (see the file header).</summary>
+internal sealed class TxnReplica(IReplicaHost host)
 {
     /// <summary>A record not heartbeaten for this long is abandoned (its coordinator heartbeats every second).</summary>
     public static readonly TimeSpan TxnExpiry = TimeSpan.FromSeconds(5);
@@ -42,10 +77,8 @@ public sealed partial class CanopyServer
     /// <summary>Longest a request waits on other transactions before giving up (below the router's attempt timeout).</summary>
     private static readonly TimeSpan MaxConflictWait = TimeSpan.FromSeconds(8);
 
-    private readonly TxnWaitRegistry _waits = new();
+    private readonly TxnWaitRegistry _waits = new(host.Time);
     private readonly ConcurrentDictionary<ulong, RangeConcurrency> _concurrency = new();
-    private readonly SemaphoreSlim _routerGate = new(1, 1);
-    private CanopyClient? _router;
 
     /// <summary>Per-range concurrency state at the leaseholder.</summary>
     private sealed class RangeConcurrency
@@ -71,40 +104,7 @@ public sealed partial class CanopyServer
         return c;
     }
 
-    /// <summary>The router this server uses to reach other ranges' leaseholders (itself in process).</summary>
-    internal async Task<CanopyClient> RouterAsync(CancellationToken ct)
-    {
-        if (_router is { } r)
-        {
-            return r;
-        }
-
-        await _routerGate.WaitAsync(ct);
-        try
-        {
-            if (_router is null)
-            {
-                var members = _meta.Members.Values.ToList();
-                _router = await CanopyClient.ConnectAsync(members, new CanopyClientOptions
-                {
-                    LocalAddress = _options.ListenAddress,
-                    LocalHandler = HandleAsync,
-                    InjectedDelay = _options.InjectedDelay,
-                    AttemptTimeout = TimeSpan.FromSeconds(10),
-                    RequestTimeout = TimeSpan.FromSeconds(20),
-                    SuspectDuration = TimeSpan.FromMilliseconds(500),
-                }, ct);
-            }
-
-            return _router;
-        }
-        finally
-        {
-            _routerGate.Release();
-        }
-    }
-
-    private async Task<RpcResponse> HandleTxnAsync(RpcRequest request, CancellationToken ct)
+    public async Task<RpcResponse> HandleAsync(RpcRequest request, CancellationToken ct)
     {
         return request.Method switch
         {
@@ -142,7 +142,7 @@ public sealed partial class CanopyServer
         var point = request.EndKey is null && request.Limit == 0;
         if (point)
         {
-            if (ValidateKey(request.Key) is { } badKey)
+            if (CanopyServer.ValidateKey(request.Key) is { } badKey)
             {
                 return RpcResponse.Fail(RpcErrorCode.BadRequest, badKey);
             }
@@ -152,23 +152,23 @@ public sealed partial class CanopyServer
     }
 
     /// <summary>A point read (<paramref name="point"/>) or a scan, transactional or not, with conflict handling.</summary>
-    private async Task<RpcResponse> ReadAsync(byte[] key, byte[]? endKey, bool point, int limit, TxnMeta? txn, CancellationToken ct)
+    public async Task<RpcResponse> ReadAsync(byte[] key, byte[]? endKey, bool point, int limit, TxnMeta? txn, CancellationToken ct)
     {
-        var (sm, error) = Locate(key);
+        var (sm, error) = host.Locate(key);
         if (sm is null)
         {
             return error!;
         }
 
-        var waitUntil = DateTime.UtcNow + MaxConflictWait;
+        var waitUntil = host.Time.GetUtcNow() + MaxConflictWait;
         while (true)
         {
             MvccIntent? conflict = null;
             byte[]? conflictKey = null;
             HlcTimestamp readTs;
-            using (var latch = point ? await _latches.AcquireAsync(sm.RangeId, [key], ct) : null)
+            using (var latch = point ? await host.Latches.AcquireAsync(sm.RangeId, [key], ct) : null)
             {
-                var (lease, now, leaseError) = await EnsureLeaseAsync(sm, ct);
+                var (lease, now, leaseError) = await host.EnsureLeaseAsync(sm, ct);
                 if (lease is null)
                 {
                     return leaseError!;
@@ -178,7 +178,7 @@ public sealed partial class CanopyServer
                 readTs = txn?.ReadTimestamp ?? now;
                 var txnId = txn?.Id ?? Guid.Empty;
                 var mvccTxn = txn is null ? (MvccTxn?)null : new MvccTxn(txn.Id, txn.Epoch);
-                var uncertainty = txn is null ? readTs : HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(_options.MaxOffset));
+                var uncertainty = txn is null ? readTs : HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(host.MaxOffset));
                 if (point)
                 {
                     var r = sm.Mvcc.GetWithUncertainty(key, readTs, uncertainty, mvccTxn);
@@ -186,9 +186,9 @@ public sealed partial class CanopyServer
                     {
                         case MvccReadStatus.Ok:
                             conc.Cache.AddRead(key, readTs, txnId);
-                            return new RpcResponse { Found = r.IsFound, Value = r.Value?.Bytes, Timestamp = readTs.ToString(), Range = Info(sm) };
+                            return new RpcResponse { Found = r.IsFound, Value = r.Value?.Bytes, Timestamp = readTs.ToString(), Range = host.Info(sm) };
                         case MvccReadStatus.ReadWithinUncertainty:
-                            return new RpcResponse { Status = "uncertain", Timestamp = r.UncertainTimestamp!.Value.ToString(), Range = Info(sm) };
+                            return new RpcResponse { Status = "uncertain", Timestamp = r.UncertainTimestamp!.Value.ToString(), Range = host.Info(sm) };
                         default:
                             conflict = r.Intent;
                             conflictKey = key;
@@ -209,10 +209,10 @@ public sealed partial class CanopyServer
                             {
                                 Rows = scan.Rows.Select(x => new KvPair(x.Key, x.Value)).ToList(),
                                 Timestamp = readTs.ToString(),
-                                Range = Info(sm),
+                                Range = host.Info(sm),
                             };
                         case MvccReadStatus.ReadWithinUncertainty:
-                            return new RpcResponse { Status = "uncertain", Timestamp = scan.UncertainTimestamp!.Value.ToString(), Range = Info(sm) };
+                            return new RpcResponse { Status = "uncertain", Timestamp = scan.UncertainTimestamp!.Value.ToString(), Range = host.Info(sm) };
                         default:
                             conflict = scan.Intents[0].Intent;
                             conflictKey = scan.Intents[0].Key;
@@ -222,7 +222,7 @@ public sealed partial class CanopyServer
             }
 
             // A reader needs the pushee above its read timestamp and uncertainty window (or gone).
-            var pushTo = (txn is null ? readTs : HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(_options.MaxOffset))).Next();
+            var pushTo = (txn is null ? readTs : HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(host.MaxOffset))).Next();
             var failed = await HandleConflictAsync(sm, conflictKey!, conflict!, txn, abort: false, pushTo, waitUntil, ct);
             if (failed is not null)
             {
@@ -246,14 +246,11 @@ public sealed partial class CanopyServer
 
         foreach (var k in pending)
         {
-            using var _ = await _latches.AcquireAsync(sm.RangeId, [k], ct);
+            using var _ = await host.Latches.AcquireAsync(sm.RangeId, [k], ct);
         }
     }
 
     // ---------------------------------------------------------------- writes
-
-    /// <summary>One key of a write request.</summary>
-    private readonly record struct KeyWrite(byte[] Key, byte[]? Value);
 
     private async Task<RpcResponse> TxnWriteAsync(RpcRequest request, CancellationToken ct)
     {
@@ -271,7 +268,7 @@ public sealed partial class CanopyServer
         var writes = (request.Writes ?? []).Select(w => new KeyWrite(w.Key, w.Value)).ToList();
         foreach (var w in writes)
         {
-            if (ValidateKey(w.Key) is { } badKey)
+            if (CanopyServer.ValidateKey(w.Key) is { } badKey)
             {
                 return RpcResponse.Fail(RpcErrorCode.BadRequest, badKey);
             }
@@ -297,10 +294,10 @@ public sealed partial class CanopyServer
     /// or "onephase") or as intents ("intent"), and with "stage" also the STAGING record of the transaction, whose
     /// anchor must lie in the range.
     /// </summary>
-    private async Task<RpcResponse> WriteAsync(
+    public async Task<RpcResponse> WriteAsync(
         byte[] route, List<KeyWrite> writes, TxnMeta? txn, string mode, IReadOnlyList<byte[]> inFlight, IReadOnlyList<byte[]> lockKeys, bool mayCommitAbove, CancellationToken ct)
     {
-        var (sm, error) = Locate(route);
+        var (sm, error) = host.Locate(route);
         if (sm is null)
         {
             return error!;
@@ -318,7 +315,7 @@ public sealed partial class CanopyServer
             return RpcResponse.Fail(RpcErrorCode.BadRequest, "the record of a transaction lives on its anchor's range");
         }
 
-        var waitUntil = DateTime.UtcNow + MaxConflictWait;
+        var waitUntil = host.Time.GetUtcNow() + MaxConflictWait;
         var latchKeys = writes.Select(w => w.Key).ToList();
         if (stage)
         {
@@ -329,9 +326,9 @@ public sealed partial class CanopyServer
         {
             MvccIntent? conflict = null;
             byte[]? conflictKey = null;
-            using (await _latches.AcquireAsync(sm.RangeId, latchKeys, ct))
+            using (await host.Latches.AcquireAsync(sm.RangeId, latchKeys, ct))
             {
-                var (lease, now, leaseError) = await EnsureLeaseAsync(sm, ct);
+                var (lease, now, leaseError) = await host.EnsureLeaseAsync(sm, ct);
                 if (lease is null)
                 {
                     return leaseError!;
@@ -349,7 +346,7 @@ public sealed partial class CanopyServer
                         conc.InFlight[w.Key] = conc.InFlight.GetValueOrDefault(w.Key) + 1;
                     }
 
-                    foreach (var w in writes)
+                    foreach (var w in host.Bugs.HasFlag(TxnBugs.NoTimestampCache) ? [] : writes)
                     {
                         var read = conc.Cache.MaxRead(w.Key, txnId);
                         if (read >= ts)
@@ -514,7 +511,7 @@ public sealed partial class CanopyServer
             Timestamp = ts.ToString(),
             Status = record is not null ? "staging" : null,
             Txn = txn is null ? null : (txn with { WriteTimestamp = HlcTimestamp.Max(txn.WriteTimestamp, ts) }).ToDto(),
-            Range = Info(sm),
+            Range = host.Info(sm),
         };
     }
 
@@ -544,7 +541,7 @@ public sealed partial class CanopyServer
         return list;
     }
 
-    private static TxnRecord? ReadRecord(RangeStateMachine sm, byte[] recordKey) =>
+    internal static TxnRecord? ReadRecord(RangeStateMachine sm, byte[] recordKey) =>
         sm.Mvcc.Engine.Get(recordKey) is { } bytes ? TxnRecord.Decode(bytes) : null;
 
     /// <summary>Replicates <paramref name="batch"/> as an eval command; null when applied, else the error to return.</summary>
@@ -561,7 +558,7 @@ public sealed partial class CanopyServer
         ProposeOutcome outcome;
         try
         {
-            outcome = await _host.ProposeAsync(sm.RangeId, cmd.Encode(), _stop.Token);
+            outcome = await host.ProposeAsync(sm.RangeId, cmd.Encode(), host.Stopping);
         }
         catch (OperationCanceledException)
         {
@@ -587,7 +584,7 @@ public sealed partial class CanopyServer
     {
         try
         {
-            _clock.Update(ts);
+            host.Clock.Update(ts);
             return null;
         }
         catch (ClockOffsetException ex)
@@ -605,7 +602,7 @@ public sealed partial class CanopyServer
     /// the error to return (the pusher was chosen as a deadlock victim, or waited too long).
     /// </summary>
     private async Task<RpcResponse?> HandleConflictAsync(
-        RangeStateMachine sm, byte[] key, MvccIntent intent, TxnMeta? pusher, bool abort, HlcTimestamp pushTo, DateTime waitUntil, CancellationToken ct)
+        RangeStateMachine sm, byte[] key, MvccIntent intent, TxnMeta? pusher, bool abort, HlcTimestamp pushTo, DateTimeOffset waitUntil, CancellationToken ct)
     {
         if (intent.Anchor.Length == 0)
         {
@@ -613,12 +610,11 @@ public sealed partial class CanopyServer
         }
 
         var pushee = new TxnMeta(intent.TxnId, intent.Epoch, intent.WriteTimestamp, intent.WriteTimestamp, intent.MinTimestamp, intent.Priority, intent.Anchor);
-        var router = await RouterAsync(ct);
         IReadOnlyList<string> deps = [];
         var rounds = 0;
         while (true)
         {
-            if (DateTime.UtcNow > waitUntil)
+            if (host.Time.GetUtcNow() > waitUntil)
             {
                 return pusher is not null
                     ? RpcResponse.Fail(RpcErrorCode.TxnAborted, $"waited more than {MaxConflictWait.TotalSeconds:0} s on conflicting transaction {pushee.Id}")
@@ -627,12 +623,12 @@ public sealed partial class CanopyServer
 
             if (pusher is not null && rounds > 0)
             {
-                var d = await router.SendToRangeAsync(new RpcRequest { Method = RpcMethods.KvTxnDeps, Txn = pusher.ToDto() }, pusher.Anchor, ct);
+                var d = await RouteCatchingAsync(new RpcRequest { Method = RpcMethods.KvTxnDeps, Txn = pusher.ToDto() }, pusher.Anchor, ct);
                 deps = d.Deps ?? [];
             }
 
             rounds++;
-            var push = await router.SendToRangeAsync(
+            var push = await RouteCatchingAsync(
                 new RpcRequest
                 {
                     Method = RpcMethods.KvTxnPush,
@@ -648,7 +644,7 @@ public sealed partial class CanopyServer
             {
                 if (e.Code is RpcErrorCode.Unavailable or RpcErrorCode.Ambiguous)
                 {
-                    await Task.Delay(50, ct);
+                    await Task.Delay(TimeSpan.FromMilliseconds(50), host.Time, ct);
                     continue;
                 }
 
@@ -666,7 +662,7 @@ public sealed partial class CanopyServer
                 }
 
                 case "recover":
-                    await RecoverAsync(router, pushee, push, ct);
+                    await RecoverAsync(pushee, push, ct);
                     continue;
                 case "abort_pusher":
                     return RpcResponse.Fail(RpcErrorCode.TxnAborted, $"deadlock with transaction {pushee.Id}: aborted to break it");
@@ -680,7 +676,7 @@ public sealed partial class CanopyServer
     /// Status recovery of an abandoned STAGING transaction (txn-pitfalls 3): find or prevent each listed write, then
     /// decide at the record (only if it did not move). Callers push again afterwards and learn the decision.
     /// </summary>
-    private static async Task RecoverAsync(CanopyClient router, TxnMeta pushee, RpcResponse staging, CancellationToken ct)
+    private async Task RecoverAsync(TxnMeta pushee, RpcResponse staging, CancellationToken ct)
     {
         var rec = TxnWire.FromDto(staging.Txn, out _);
         if (rec is null)
@@ -691,8 +687,8 @@ public sealed partial class CanopyServer
         var allFound = true;
         foreach (var k in staging.InFlight ?? [])
         {
-            var q = await router.SendToRangeAsync(
-                new RpcRequest { Method = RpcMethods.KvQueryIntent, Key = k, Txn = rec.ToDto(), Mode = "prevent" }, k, ct);
+            var q = await RouteCatchingAsync(
+                new RpcRequest { Method = RpcMethods.KvQueryIntent, Key = k, Txn = rec.ToDto(), Mode = host.Bugs.HasFlag(TxnBugs.RecoveryWithoutPrevent) ? "query" : "prevent" }, k, ct);
             if (q.Error is not null)
             {
                 return; // try again on the next push
@@ -705,17 +701,30 @@ public sealed partial class CanopyServer
             }
         }
 
-        await router.SendToRangeAsync(
+        await RouteCatchingAsync(
             new RpcRequest { Method = RpcMethods.KvTxnRecover, Txn = rec.ToDto(), Mode = allFound ? "commit" : "abort" }, pushee.Anchor, ct);
+    }
+
+    /// <summary>Routes; a transport failure (no leaseholder answered) becomes an Unavailable answer.</summary>
+    private async Task<RpcResponse> RouteCatchingAsync(RpcRequest request, byte[] routeKey, CancellationToken ct)
+    {
+        try
+        {
+            return await host.RouteAsync(request, routeKey, ct);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            return RpcResponse.Fail(RpcErrorCode.Unavailable, e.Message);
+        }
     }
 
     /// <summary>Resolves this transaction's intents on <paramref name="keys"/> of the local range (commit, abort or timestamp push).</summary>
     private async Task<RpcResponse?> ResolveHereAsync(
         RangeStateMachine sm, IReadOnlyList<byte[]> keys, Guid txnId, string status, int epoch, HlcTimestamp ts, CancellationToken ct)
     {
-        using (await _latches.AcquireAsync(sm.RangeId, keys, ct))
+        using (await host.Latches.AcquireAsync(sm.RangeId, keys, ct))
         {
-            var (lease, _, leaseError) = await EnsureLeaseAsync(sm, ct);
+            var (lease, _, leaseError) = await host.EnsureLeaseAsync(sm, ct);
             if (lease is null)
             {
                 return leaseError;
@@ -765,16 +774,16 @@ public sealed partial class CanopyServer
             return skew;
         }
 
-        var (sm, error) = Locate(txn.Anchor);
+        var (sm, error) = host.Locate(txn.Anchor);
         if (sm is null)
         {
             return error!;
         }
 
         var recordKey = TxnKeys.Record(txn.Anchor, txn.Id);
-        using (await _latches.AcquireAsync(sm.RangeId, [recordKey], ct))
+        using (await host.Latches.AcquireAsync(sm.RangeId, [recordKey], ct))
         {
-            var (lease, now, leaseError) = await EnsureLeaseAsync(sm, ct);
+            var (lease, now, leaseError) = await host.EnsureLeaseAsync(sm, ct);
             if (lease is null)
             {
                 return leaseError!;
@@ -885,7 +894,7 @@ public sealed partial class CanopyServer
 
         var abort = request.Mode == "abort";
         var pushTo = HlcTimestamp.TryParse(request.Timestamp, out var pt) ? pt : HlcTimestamp.Zero;
-        var (sm, error) = Locate(pushee.Anchor);
+        var (sm, error) = host.Locate(pushee.Anchor);
         if (sm is null)
         {
             return error!;
@@ -893,9 +902,9 @@ public sealed partial class CanopyServer
 
         var recordKey = TxnKeys.Record(pushee.Anchor, pushee.Id);
         Task changed;
-        using (await _latches.AcquireAsync(sm.RangeId, [recordKey], ct))
+        using (await host.Latches.AcquireAsync(sm.RangeId, [recordKey], ct))
         {
-            var (lease, now, leaseError) = await EnsureLeaseAsync(sm, ct);
+            var (lease, now, leaseError) = await host.EnsureLeaseAsync(sm, ct);
             if (lease is null)
             {
                 return leaseError!;
@@ -967,7 +976,7 @@ public sealed partial class CanopyServer
             changed = _waits.Changed(pushee.Id);
         }
 
-        await Task.WhenAny(changed, Task.Delay(TxnWaitRegistry.WaitRound, ct));
+        await Task.WhenAny(changed, Task.Delay(TxnWaitRegistry.WaitRound, host.Time, ct));
         return new RpcResponse { Status = "wait" };
     }
 
@@ -989,7 +998,7 @@ public sealed partial class CanopyServer
             return RpcResponse.Fail(RpcErrorCode.BadRequest, bad ?? "resolve needs a transaction, keys and a mode (committed | aborted)");
         }
 
-        var (sm, error) = Locate(keys[0]);
+        var (sm, error) = host.Locate(keys[0]);
         if (sm is null)
         {
             return error!;
@@ -999,28 +1008,28 @@ public sealed partial class CanopyServer
         var here = keys.Where(k => d.Contains(k)).ToList();
         var rest = keys.Where(k => !d.Contains(k)).ToList();
         var failed = await ResolveHereAsync(sm, here, txn.Id, request.Mode, txn.Epoch, txn.WriteTimestamp, ct);
-        return failed ?? new RpcResponse { LockKeys = rest, Range = Info(sm) };
+        return failed ?? new RpcResponse { LockKeys = rest, Range = host.Info(sm) };
     }
 
     private async Task<RpcResponse> QueryIntentAsync(RpcRequest request, CancellationToken ct)
     {
         var txn = TxnWire.FromDto(request.Txn, out var bad);
-        if (txn is null || ValidateKey(request.Key) is { } badKey && (bad = badKey) is not null)
+        if (txn is null || CanopyServer.ValidateKey(request.Key) is { } badKey && (bad = badKey) is not null)
         {
             return RpcResponse.Fail(RpcErrorCode.BadRequest, bad!);
         }
 
         var key = request.Key!;
-        var (sm, error) = Locate(key);
+        var (sm, error) = host.Locate(key);
         if (sm is null)
         {
             return error!;
         }
 
         // The latch waits for a write of this key that is being evaluated or replicated right now.
-        using (await _latches.AcquireAsync(sm.RangeId, [key], ct))
+        using (await host.Latches.AcquireAsync(sm.RangeId, [key], ct))
         {
-            var (lease, _, leaseError) = await EnsureLeaseAsync(sm, ct);
+            var (lease, _, leaseError) = await host.EnsureLeaseAsync(sm, ct);
             if (lease is null)
             {
                 return leaseError!;
@@ -1051,16 +1060,16 @@ public sealed partial class CanopyServer
             return skew;
         }
 
-        var (sm, error) = Locate(key);
+        var (sm, error) = host.Locate(key);
         if (sm is null)
         {
             return error!;
         }
 
         var point = request.EndKey is null;
-        using (point ? await _latches.AcquireAsync(sm.RangeId, [key], ct) : null)
+        using (point ? await host.Latches.AcquireAsync(sm.RangeId, [key], ct) : null)
         {
-            var (lease, _, leaseError) = await EnsureLeaseAsync(sm, ct);
+            var (lease, _, leaseError) = await host.EnsureLeaseAsync(sm, ct);
             if (lease is null)
             {
                 return leaseError!;
@@ -1083,7 +1092,7 @@ public sealed partial class CanopyServer
             {
                 Status = changed is null ? "ok" : "changed",
                 Value = changed,
-                Range = Info(sm),
+                Range = host.Info(sm),
             };
         }
     }

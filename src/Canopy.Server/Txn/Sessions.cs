@@ -12,11 +12,14 @@
 namespace Canopy.Server;
 
 using System.Collections.Concurrent;
+using Canopy.Client;
 using Canopy.Clock;
+using Canopy.Host;
+using Canopy.Ranges;
 using Canopy.Rpc;
 using Canopy.Txn;
 
-public sealed partial class CanopyServer
+public sealed partial class CanopyServer : IReplicaHost
 {
     /// <summary>A transaction with no request for this long is rolled back.</summary>
     private static readonly TimeSpan SessionIdleLimit = TimeSpan.FromSeconds(60);
@@ -25,6 +28,66 @@ public sealed partial class CanopyServer
     private const int MaxSessions = 10_000;
 
     private readonly ConcurrentDictionary<Guid, Session> _sessions = new();
+    private readonly SemaphoreSlim _routerGate = new(1, 1);
+    private CanopyClient? _router;
+    private TxnReplica? _txnReplica;
+
+    /// <summary>The replica side of transactions on this server.</summary>
+    private TxnReplica Txn => _txnReplica ??= new TxnReplica(this);
+
+    HybridClock IReplicaHost.Clock => _clock;
+
+    TimeSpan IReplicaHost.MaxOffset => _options.MaxOffset;
+
+    TimeProvider IReplicaHost.Time => TimeProvider.System;
+
+    KeyLatches IReplicaHost.Latches => _latches;
+
+    CancellationToken IReplicaHost.Stopping => _stop.Token;
+
+    (RangeStateMachine? Sm, RpcResponse? Error) IReplicaHost.Locate(byte[] key) => Locate(key);
+
+    Task<(Lease? Lease, HlcTimestamp Timestamp, RpcResponse? Error)> IReplicaHost.EnsureLeaseAsync(RangeStateMachine sm, CancellationToken ct) => EnsureLeaseAsync(sm, ct);
+
+    Task<ProposeOutcome> IReplicaHost.ProposeAsync(ulong rangeId, byte[] command, CancellationToken ct) => _host.ProposeAsync(rangeId, command, ct);
+
+    async Task<RpcResponse> IReplicaHost.RouteAsync(RpcRequest request, byte[] routeKey, CancellationToken ct) =>
+        await (await RouterAsync(ct)).SendToRangeAsync(request, routeKey, ct);
+
+    RangeInfo IReplicaHost.Info(RangeStateMachine sm) => Info(sm);
+
+    /// <summary>The router this server uses to reach other ranges' leaseholders (itself in process).</summary>
+    internal async Task<CanopyClient> RouterAsync(CancellationToken ct)
+    {
+        if (_router is { } r)
+        {
+            return r;
+        }
+
+        await _routerGate.WaitAsync(ct);
+        try
+        {
+            if (_router is null)
+            {
+                var members = _meta.Members.Values.ToList();
+                _router = await CanopyClient.ConnectAsync(members, new CanopyClientOptions
+                {
+                    LocalAddress = _options.ListenAddress,
+                    LocalHandler = HandleAsync,
+                    InjectedDelay = _options.InjectedDelay,
+                    AttemptTimeout = TimeSpan.FromSeconds(10),
+                    RequestTimeout = TimeSpan.FromSeconds(20),
+                    SuspectDuration = TimeSpan.FromMilliseconds(500),
+                }, ct);
+            }
+
+            return _router;
+        }
+        finally
+        {
+            _routerGate.Release();
+        }
+    }
 
     private sealed class Session(TxnCoordinator coordinator)
     {
@@ -199,7 +262,7 @@ public sealed partial class CanopyServer
         {
             if (sm.Descriptor is { } d && d.Contains(anchor))
             {
-                return ReadRecord(sm, Canopy.Mvcc.TxnKeys.Record(anchor, id))?.Status;
+                return TxnReplica.ReadRecord(sm, Canopy.Mvcc.TxnKeys.Record(anchor, id))?.Status;
             }
         }
 
