@@ -32,7 +32,7 @@ public sealed class KeyLatches
                 }
 
                 held.Add((name, latch));
-                await latch.Gate.WaitAsync(ct).ConfigureAwait(false);
+                await latch.Gate.WaitAsync(ct); // no ConfigureAwait(false): the transaction simulation runs this on its own context
                 latch.Held = true;
             }
         }

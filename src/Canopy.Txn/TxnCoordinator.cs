@@ -501,6 +501,7 @@ public sealed class TxnCoordinator
         }
 
         tasks.AddRange(_pipelined);
+        await Point("coordinator.stage-sent");
         var stageResp = await stage;
         var acks = await Task.WhenAll(tasks);
         _pipelined.Clear();

@@ -79,7 +79,9 @@ public sealed class TxnWaitRegistry
         {
             if (!_changed.TryGetValue(txn, out var tcs))
             {
-                tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                // Continuations run where Notify is called (cheap: a waiter's push answers "wait"). Not asynchronously:
+                // that would hop to the thread pool, out of the transaction simulation's single thread.
+                tcs = new TaskCompletionSource();
                 _changed[txn] = tcs;
             }
 

@@ -11,7 +11,75 @@ public static class SimCommand
         var sim = new Command("sim", "Deterministic simulations: many seeded runs with injected faults, checked for violations.");
         sim.Subcommands.Add(BuildRaft());
         sim.Subcommands.Add(BuildRanges());
+        sim.Subcommands.Add(BuildTxn());
         return sim;
+    }
+
+    private static Command BuildTxn()
+    {
+        var defaults = new TxnSimOptions();
+        var seeds = Options.Int("--seeds", "How many seeds to run (seeds 1..N).", defaults.Seeds, min: 1);
+        var seed = Options.ULong("--seed", "Run exactly this one seed (to reproduce a failure).");
+        var servers = Options.Int("--servers", "Simulated servers.", defaults.Servers, min: 1);
+        var accounts = Options.Int("--accounts", "Bank accounts (spread over 6 ranges).", defaults.Accounts, min: 2);
+        var clients = Options.Int("--clients", "Concurrent client loops.", defaults.Clients, min: 1);
+        var duration = Options.Duration("--duration", "Virtual time of the transfer phase of each seed.", defaults.Duration);
+        var noFaults = new Option<bool>("--no-faults") { Description = "No message loss and no coordinator crashes." };
+        var plantBug = new Option<string?>("--plant-bug")
+        {
+            Description = $"Plant a known transaction bug; the run must then find violations. One of: {string.Join(", ", Enum.GetNames<Canopy.Txn.TxnBugs>().Skip(1))}.",
+            HelpName = "name",
+        };
+        plantBug.Validators.Add(result =>
+        {
+            var name = result.GetValueOrDefault<string?>();
+            if (name is not null && (!Enum.TryParse<Canopy.Txn.TxnBugs>(name, ignoreCase: true, out var b) || b == Canopy.Txn.TxnBugs.None))
+            {
+                result.AddError($"unknown bug '{name}' for --plant-bug");
+            }
+        });
+        var command = new Command("txn", "Run the transaction simulation (our coordinator and replica code, deterministic, lossy network, coordinator crashes; bank history checked in commit order) over many seeds; exits 1 on any violation.")
+        {
+            seeds, seed, servers, accounts, clients, duration, noFaults, plantBug,
+        };
+        command.SetAction(parseResult =>
+        {
+            var oneSeed = parseResult.GetValue(seed);
+            var faults = !parseResult.GetValue(noFaults);
+            var options = defaults with
+            {
+                Seeds = oneSeed is null ? parseResult.GetValue(seeds) : 1,
+                FirstSeed = oneSeed ?? defaults.FirstSeed,
+                Servers = parseResult.GetValue(servers),
+                Accounts = parseResult.GetValue(accounts),
+                Clients = parseResult.GetValue(clients),
+                Duration = parseResult.GetValue(duration) ?? defaults.Duration,
+                Loss = faults ? defaults.Loss : 0,
+                CrashRate = faults ? defaults.CrashRate : 0,
+                Bugs = parseResult.GetValue(plantBug) is { } b ? Enum.Parse<Canopy.Txn.TxnBugs>(b, ignoreCase: true) : Canopy.Txn.TxnBugs.None,
+            };
+            var output = parseResult.InvocationConfiguration.Output;
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            var results = TxnSimulation.Run(options, r =>
+            {
+                if (r.Violation is not null || oneSeed is not null)
+                {
+                    lock (output)
+                    {
+                        output.WriteLine($"seed {r.Seed}: {r.Violation ?? "ok"} ({r.Committed} committed, {r.Aborted} aborted, {r.Ambiguous} ambiguous, {r.Crashed} crashed coordinators, {r.Steps} steps)");
+                        if (r.Violation is not null)
+                        {
+                            output.WriteLine($"  replay: canopy sim txn --seed {r.Seed}");
+                        }
+                    }
+                }
+            });
+            var violations = results.Count(r => r.Violation is not null);
+            output.WriteLine($"ran {results.Count} seeds in {sw.Elapsed.TotalSeconds:0.0} s ({results.Sum(r => r.Committed)} committed, {results.Sum(r => r.Aborted)} aborted, {results.Sum(r => r.Ambiguous)} ambiguous, {results.Sum(r => r.Crashed)} crashed)");
+            output.WriteLine($"seeds: {results.Count}, violations: {violations}");
+            return violations > 0 ? ExitCodes.Failure : ExitCodes.Success;
+        });
+        return command;
     }
 
     private static Command BuildRaft()
