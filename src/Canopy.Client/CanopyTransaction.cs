@@ -122,12 +122,14 @@ public sealed class CanopyTransaction : IAsyncDisposable
             return new TransactionResult(TransactionOutcome.Ambiguous, $"lost contact with the gateway {_gateway} during commit: {e.Message}", null, 1);
         }
 
+        // Only the gateway's definite answers are aborts; anything unexpected during a commit (an internal error, a
+        // refusal half-way) leaves the outcome unknown (txn-pitfalls 5).
         return r.Error switch
         {
             null => new TransactionResult(TransactionOutcome.Committed, null, r.Timestamp, 1),
             { Code: RpcErrorCode.TxnAborted } e => new TransactionResult(TransactionOutcome.Aborted, e.Message, null, 1, Retryable: true),
-            { Code: RpcErrorCode.Ambiguous } e => new TransactionResult(TransactionOutcome.Ambiguous, e.Message, null, 1),
-            var e => new TransactionResult(TransactionOutcome.Aborted, e.Message, null, 1, Retryable: false),
+            { Code: RpcErrorCode.BadRequest } e => new TransactionResult(TransactionOutcome.Aborted, e.Message, null, 1, Retryable: false),
+            var e => new TransactionResult(TransactionOutcome.Ambiguous, $"{e.Code}: {e.Message}", null, 1),
         };
     }
 

@@ -309,14 +309,14 @@ public sealed class MvccStore
 
     /// <summary>
     /// Read refresh (txn-pitfalls 9): the first user key in [<paramref name="startKey"/>, <paramref name="endKey"/>)
-    /// (null end: just <paramref name="startKey"/>) with a committed version in (<paramref name="from"/>,
+    /// (with <paramref name="point"/>: just <paramref name="startKey"/>; a null end: to the end of user data) with a committed version in (<paramref name="from"/>,
     /// <paramref name="to"/>] or another transaction's intent at or below <paramref name="to"/>; null when a read at
     /// <paramref name="from"/> would see exactly what a read at <paramref name="to"/> sees.
     /// </summary>
-    public byte[]? FindChange(byte[] startKey, byte[]? endKey, HlcTimestamp from, HlcTimestamp to, Guid txnId)
+    public byte[]? FindChange(byte[] startKey, byte[]? endKey, HlcTimestamp from, HlcTimestamp to, Guid txnId, bool point)
     {
         ArgumentNullException.ThrowIfNull(startKey);
-        var (lower, upper) = endKey is null ? (MvccKeys.KeyStart(startKey), MvccKeys.KeyEnd(startKey)) : MvccKeys.Span(startKey, endKey);
+        var (lower, upper) = point ? (MvccKeys.KeyStart(startKey), MvccKeys.KeyEnd(startKey)) : MvccKeys.Span(startKey, endKey);
         if (ByteArrayComparer.CompareBytes(lower, upper) >= 0)
         {
             return null;

@@ -92,7 +92,7 @@ public sealed record RpcRequest
     /// <summary>Method-specific mode (txn write: intent | stage | onephase; push: timestamp | abort; end: commit | abort).</summary>
     public string? Mode { get; init; }
 
-    /// <summary>Stage: the writes the STAGING record lists; end/heartbeat: every key the transaction wrote.</summary>
+    /// <summary>Stage: the writes the STAGING record lists (status recovery checks each).</summary>
     public IReadOnlyList<byte[]>? InFlight { get; init; }
 
     /// <summary>Every key the transaction wrote (the record keeps them for resolution).</summary>
@@ -110,7 +110,11 @@ public sealed record RpcRequest
     /// <summary>Conditional put: the expected current value (null: expected absent).</summary>
     public byte[]? Expected { get; init; }
 
-    /// <summary>Transaction options at begin ("parallel_commits", "pipeline", "priority").</summary>
+    /// <summary>
+    /// A method-specific switch: onephase write: the transaction read nothing, so it may commit above its timestamp;
+    /// end abort: the coordinator may abort its own STAGING record (it knows it never was implicitly committed).
+    /// (Begin options travel in <see cref="Args"/>: parallel_commits, one_phase, pipeline, priority.)
+    /// </summary>
     public bool? Flag { get; init; }
 }
 

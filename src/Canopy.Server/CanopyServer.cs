@@ -162,6 +162,11 @@ public sealed partial class CanopyServer : IAsyncDisposable
         }
 
         _stop.Cancel();
+        _sessionSweeper?.Dispose();
+        if (_router is not null)
+        {
+            await _router.DisposeAsync();
+        }
         try
         {
             await _background;

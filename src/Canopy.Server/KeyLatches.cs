@@ -4,6 +4,10 @@ namespace Canopy.Server;
 /// Per-key latches of one server: a request holds the latches of every key it touches from evaluation until its
 /// effects are applied (writes) or read (reads), so overlapping requests are serialised and a read never sees a
 /// write half-way (evaluated but not yet applied). Keys are taken in sorted order, so two requests never deadlock.
+/// A latch is handed to waiters in FIFO order by its releaser; ownership is per acquisition (a cancelled waiter gives
+/// up its place and never releases what it did not get). Waiting uses plain TaskCompletionSources, not SemaphoreSlim,
+/// whose waiters resume on the thread pool even under a SynchronizationContext (found by the transaction simulation,
+/// which runs this code on one thread).
 /// </summary>
 public sealed class KeyLatches
 {
@@ -14,7 +18,8 @@ public sealed class KeyLatches
     public async Task<IDisposable> AcquireAsync(ulong rangeId, IEnumerable<byte[]> keys, CancellationToken ct)
     {
         var names = keys.Select(k => $"{rangeId}/{Convert.ToHexString(k)}").Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToArray();
-        var held = new List<(string Name, Latch Latch)>(names.Length);
+        var registered = new List<(string Name, Latch Latch)>(names.Length);
+        var acquired = new List<Latch>(names.Length); // ownership is per acquisition, never a flag shared by waiters
         try
         {
             foreach (var name in names)
@@ -31,31 +36,72 @@ public sealed class KeyLatches
                     latch.Users++;
                 }
 
-                held.Add((name, latch));
-                await latch.Gate.WaitAsync(ct); // no ConfigureAwait(false): the transaction simulation runs this on its own context
-                latch.Held = true;
+                registered.Add((name, latch));
+                TaskCompletionSource? wait = null;
+                lock (_sync)
+                {
+                    if (latch.Held)
+                    {
+                        wait = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        latch.Waiters.Enqueue(wait);
+                    }
+                    else
+                    {
+                        latch.Held = true;
+                    }
+                }
+
+                if (wait is not null)
+                {
+                    // Ownership is handed over by the releaser (FIFO). No ConfigureAwait(false): the transaction
+                    // simulation runs this on its own single-threaded context.
+                    // A cancelled waiter's TCS is cancelled, so the releaser skips it (TrySetResult fails).
+                    using (ct.Register(() => wait.TrySetCanceled(ct)))
+                    {
+                        await wait.Task;
+                    }
+                }
+
+                acquired.Add(latch);
             }
         }
         catch
         {
-            Release(held);
+            Release(registered, acquired);
             throw;
         }
 
-        return new Releaser(this, held);
+        return new Releaser(this, registered, acquired);
     }
 
-    private void Release(List<(string Name, Latch Latch)> held)
+    /// <summary>For diagnostics: the latches in use (name, users, free).</summary>
+    internal string Describe()
     {
-        foreach (var (name, latch) in held)
+        lock (_sync)
         {
-            if (latch.Held)
+            return string.Join("; ", _latches.Select(kv => $"{kv.Key} users={kv.Value.Users} held={kv.Value.Held} waiting={kv.Value.Waiters.Count}"));
+        }
+    }
+
+    private void Release(List<(string Name, Latch Latch)> registered, List<Latch> acquired)
+    {
+        lock (_sync)
+        {
+            foreach (var latch in acquired)
             {
+                // Hand the latch to the next waiter that is still waiting (a cancelled one gave up its place).
                 latch.Held = false;
-                latch.Gate.Release();
+                while (latch.Waiters.TryDequeue(out var next))
+                {
+                    if (next.TrySetResult())
+                    {
+                        latch.Held = true;
+                        break;
+                    }
+                }
             }
 
-            lock (_sync)
+            foreach (var (name, latch) in registered)
             {
                 if (--latch.Users == 0)
                 {
@@ -67,12 +113,12 @@ public sealed class KeyLatches
 
     private sealed class Latch
     {
-        public readonly SemaphoreSlim Gate = new(1, 1);
-        public int Users;
+        public readonly Queue<TaskCompletionSource> Waiters = new();
         public bool Held;
+        public int Users;
     }
 
-    private sealed class Releaser(KeyLatches owner, List<(string, Latch)> held) : IDisposable
+    private sealed class Releaser(KeyLatches owner, List<(string, Latch)> registered, List<Latch> acquired) : IDisposable
     {
         private int _done;
 
@@ -80,7 +126,7 @@ public sealed class KeyLatches
         {
             if (Interlocked.Exchange(ref _done, 1) == 0)
             {
-                owner.Release(held);
+                owner.Release(registered, acquired);
             }
         }
     }

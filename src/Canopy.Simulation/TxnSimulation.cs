@@ -163,8 +163,13 @@ internal sealed class TxnWorld
 
                 if (_loop.Pending == 0 && !main.IsCompleted)
                 {
-                    _violation ??= "liveness: nothing left to run but the workload is not done (a task waits forever)";
+                    _violation ??= $"liveness: nothing left to run but the workload is not done (a task waits forever); latches: {string.Join(" | ", _servers.Select(s => $"s{s.Id} ({s.ProposalsDone}/{s.ProposalsStarted} proposals): {s.Latches.Describe()}"))}{(_context.Failure is { } why ? $"; {why.Message}" : string.Empty)}";
                 }
+            }
+
+            if (_context.Failure is { } failure)
+            {
+                _violation ??= $"unhandled exception in the simulation: {failure}";
             }
 
             if (main.IsFaulted)
@@ -494,8 +499,12 @@ internal sealed class SimTxnServer : IReplicaHost
         Task.FromResult<(Lease?, HlcTimestamp, RpcResponse?)>((sm.Lease, Clock.Now(), null));
 
     /// <summary>The deterministic log: entries apply in order, each after a random replication delay.</summary>
+    public int ProposalsStarted;
+    public int ProposalsDone;
+
     public Task<ProposeOutcome> ProposeAsync(ulong rangeId, byte[] command, CancellationToken ct)
     {
+        ProposalsStarted++;
         var tcs = new TaskCompletionSource<ProposeOutcome>();
         var (index, last) = _logs[rangeId];
         var at = Math.Max(last, World.Loop.Now + World.Loop.Random.Next(300, 3000));
@@ -507,6 +516,7 @@ internal sealed class SimTxnServer : IReplicaHost
             sm.Apply(new Entry(index, 1, EntryType.Normal, command), batch);
             _engine.Write(batch, sync: false);
             sm.Written();
+            ProposalsDone++;
             tcs.SetResult(new ProposeOutcome(ProposeOutcomeStatus.Committed, index, 1, 0));
         });
         return tcs.Task;
@@ -668,7 +678,7 @@ internal sealed class SimContext(SimLoop loop) : SynchronizationContext
         if (Environment.CurrentManagedThreadId != _thread)
         {
             // Something ran on another thread (a continuation that escaped to the thread pool): not deterministic.
-            Failure ??= new InvalidOperationException("a continuation escaped the simulation's thread: " + d.Method);
+            Failure ??= new InvalidOperationException("a continuation escaped the simulation's thread: " + d.Method + " at " + Environment.StackTrace);
             return;
         }
 

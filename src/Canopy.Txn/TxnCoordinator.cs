@@ -97,6 +97,13 @@ public enum TxnBugs
     RecoveryWithoutPrevent = 16,
 }
 
+/// <summary>Timing shared by coordinators and replicas.</summary>
+public static class TxnTiming
+{
+    /// <summary>A record not heartbeaten for this long is abandoned (coordinators heartbeat every second).</summary>
+    public static readonly TimeSpan Expiry = TimeSpan.FromSeconds(5);
+}
+
 /// <summary>Per-transaction switches.</summary>
 public sealed record TxnSettings
 {
@@ -156,7 +163,7 @@ public sealed class TxnCoordinator
     private readonly List<byte[]> _bufferOrder = [];
     private readonly List<byte[]> _lockKeys = [];
     private readonly HashSet<byte[]> _lockSet = new(ByteArrayEquality.Instance);
-    private readonly List<(byte[] Start, byte[]? End)> _reads = [];
+    private readonly List<(byte[] Start, byte[]? End, bool Span)> _reads = []; // Span: [Start, End) with End null = to the end; else the key Start
     private readonly List<Task<RpcResponse>> _pipelined = [];
     private readonly CancellationTokenSource _heartbeatStop = new();
     private Task? _heartbeat;
@@ -170,6 +177,7 @@ public sealed class TxnCoordinator
         _settings = settings ?? new TxnSettings();
         _log = log ?? (_ => { });
         _env = env ?? TxnEnvironment.Default;
+        _clock = clock;
         var now = clock.Now();
         var random = _env.Random ?? Random.Shared;
         var priority = _settings.Priority != 0 ? _settings.Priority : (uint)random.NextInt64(1, uint.MaxValue);
@@ -179,6 +187,7 @@ public sealed class TxnCoordinator
     }
 
     private readonly TxnEnvironment _env;
+    private readonly HybridClock _clock;
 
     /// <summary>The transaction as it stands (timestamps move up with pushes and refreshes).</summary>
     public TxnMeta Meta { get; private set; }
@@ -207,7 +216,7 @@ public sealed class TxnCoordinator
                 continue;
             }
 
-            _reads.Add((key, null));
+            _reads.Add((key, null, false));
             return resp.Found ? resp.Value ?? [] : null;
         }
     }
@@ -219,7 +228,7 @@ public sealed class TxnCoordinator
         while (true)
         {
             var rows = new List<KvPair>();
-            var spans = new List<(byte[], byte[]?)>();
+            var spans = new List<(byte[], byte[]?, bool)>();
             var cur = start;
             var restart = false;
             while (true)
@@ -232,11 +241,21 @@ public sealed class TxnCoordinator
                     break;
                 }
 
-                rows.AddRange(resp.Rows ?? []);
+                var got = resp.Rows ?? [];
+                rows.AddRange(got);
                 var rangeEnd = resp.Range?.EndKey;
                 var spanEnd = end is not null && (rangeEnd is null || KeyOrder.Compare(end, rangeEnd) <= 0) ? end : rangeEnd;
-                spans.Add((cur, spanEnd));
-                if (spanEnd is null || (end is not null && KeyOrder.Compare(spanEnd, end) >= 0) || (resp.Rows?.Count ?? 0) >= 10_000)
+                if (got.Count >= 10_000)
+                {
+                    // A full page: the range has more; go on just after the last row (the span read so far ends there).
+                    var next = got[^1].Key.Append((byte)0).ToArray();
+                    spans.Add((cur, next, true));
+                    cur = next;
+                    continue;
+                }
+
+                spans.Add((cur, spanEnd, true));
+                if (spanEnd is null || (end is not null && KeyOrder.Compare(spanEnd, end) >= 0))
                 {
                     break;
                 }
@@ -338,14 +357,15 @@ public sealed class TxnCoordinator
         {
             return await CommitCoreAsync(ct);
         }
-        catch (InjectedCrash)
-        {
-            StopHeartbeat();
-            throw;
-        }
         catch (TxnRetryException e)
         {
             return await AbortCommitAsync(e.Message);
+        }
+        catch
+        {
+            // An injected crash, or a bug: this coordinator stops here (no more heartbeats); others recover.
+            StopHeartbeat();
+            throw;
         }
     }
 
@@ -402,6 +422,13 @@ public sealed class TxnCoordinator
 
         await Point("coordinator.before-commit");
         SetAnchor();
+        if (_heartbeat is null && _clock.Now().WallNanos - Meta.MinTimestamp.WallNanos > TxnTiming.Expiry.Ticks * 100 / 2)
+        {
+            // A long transaction about to write for the first time: create its record with a fresh heartbeat first,
+            // or a pusher meeting its first intents would judge it by its (old) start and abort it.
+            await SendCatchingAsync(new RpcRequest { Method = RpcMethods.KvTxnHeartbeat, Txn = Meta.ToDto(), LockKeys = [] }, Meta.Anchor, ct);
+        }
+
         var onePhase = _settings.OnePhase && _lockKeys.Count == 0 && await SingleRangeAsync(_bufferOrder, ct);
         for (var attempt = 0; attempt < 8; attempt++)
         {
@@ -715,20 +742,35 @@ public sealed class TxnCoordinator
         }
     }
 
+    /// <summary>Resolves every intent, all ranges at once (each range's keys in one request). The anchor's range
+    /// resolved its own keys with the record (kv_txn_end) when that succeeded; asking again is harmless.</summary>
     private async Task ResolveAllAsync(TxnMeta meta, string mode, List<byte[]> keys)
     {
-        var rest = keys;
-        for (var i = 0; i < 200 && rest.Count > 0; i++)
+        List<List<byte[]>> groups;
+        try
         {
-            var r = await SendCatchingAsync(new RpcRequest { Method = RpcMethods.KvResolve, Mode = mode, Txn = meta.ToDto(), LockKeys = rest }, rest[0], CancellationToken.None);
-            if (r.Error is not null)
-            {
-                await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time);
-                continue;
-            }
-
-            rest = r.LockKeys?.ToList() ?? [];
+            groups = await GroupByRangeAsync(keys, CancellationToken.None);
         }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            groups = [keys];
+        }
+
+        await Task.WhenAll(groups.Select(async group =>
+        {
+            var rest = group;
+            for (var i = 0; i < 200 && rest.Count > 0; i++)
+            {
+                var r = await SendCatchingAsync(new RpcRequest { Method = RpcMethods.KvResolve, Mode = mode, Txn = meta.ToDto(), LockKeys = rest }, rest[0], CancellationToken.None);
+                if (r.Error is not null)
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(100), _env.Time);
+                    continue;
+                }
+
+                rest = r.LockKeys?.ToList() ?? [];
+            }
+        }));
     }
 
     // ---------------------------------------------------------------- abort
@@ -792,7 +834,7 @@ public sealed class TxnCoordinator
                 {
                     await Task.Delay(_settings.HeartbeatInterval, _env.Time, token);
                     var resp = await SendCatchingAsync(
-                        new RpcRequest { Method = RpcMethods.KvTxnHeartbeat, Txn = Meta.ToDto(), LockKeys = _lockKeys.ToList() }, Meta.Anchor, token);
+                        new RpcRequest { Method = RpcMethods.KvTxnHeartbeat, Txn = Meta.ToDto(), LockKeys = LockKeysCopy() }, Meta.Anchor, token);
                     if (resp.Status == "aborted")
                     {
                         _abortedBy = "the transaction was aborted by a conflicting transaction (found by its heartbeat)";
@@ -830,7 +872,7 @@ public sealed class TxnCoordinator
 
         var from = Meta.ReadTimestamp;
         var checks = _reads.Select(span => SendCatchingAsync(
-            new RpcRequest { Method = RpcMethods.KvRefresh, Key = span.Start, EndKey = span.End, FromTimestamp = from.ToString(), Timestamp = to.ToString(), Txn = Meta.ToDto() },
+            new RpcRequest { Method = RpcMethods.KvRefresh, Key = span.Start, EndKey = span.End, Mode = span.Span ? "span" : "key", FromTimestamp = from.ToString(), Timestamp = to.ToString(), Txn = Meta.ToDto() },
             span.Start,
             ct)).ToList();
         var results = await Task.WhenAll(checks);
@@ -875,9 +917,21 @@ public sealed class TxnCoordinator
 
     private void AddLockKey(byte[] k)
     {
-        if (_lockSet.Add(k))
+        lock (_lockKeys)
         {
-            _lockKeys.Add(k);
+            if (_lockSet.Add(k))
+            {
+                _lockKeys.Add(k);
+            }
+        }
+    }
+
+    /// <summary>A copy of the lock keys (the heartbeat reads them from its own task).</summary>
+    private List<byte[]> LockKeysCopy()
+    {
+        lock (_lockKeys)
+        {
+            return _lockKeys.ToList();
         }
     }
 

@@ -125,7 +125,7 @@ public static class WorkloadCommand
         if (counters.Ambiguous == 0)
         {
             var state = Enumerable.Repeat(InitialBalance, n).ToArray();
-            foreach (var t in counters.History.OrderBy(t => t.CommitTs))
+            foreach (var t in counters.History.OrderBy(t => t.CommitTs).ThenBy(t => t.Wrote ? 0 : 1)) // a read at T sees a write at T
             {
                 if (state[t.From] != t.ReadFrom || state[t.To] != t.ReadTo)
                 {

@@ -72,7 +72,7 @@ internal readonly record struct KeyWrite(byte[] Key, byte[]? Value);
 internal sealed class TxnReplica(IReplicaHost host)
 {
     /// <summary>A record not heartbeaten for this long is abandoned (its coordinator heartbeats every second).</summary>
-    public static readonly TimeSpan TxnExpiry = TimeSpan.FromSeconds(5);
+    public static readonly TimeSpan TxnExpiry = TxnTiming.Expiry;
 
     /// <summary>Longest a request waits on other transactions before giving up (below the router's attempt timeout).</summary>
     private static readonly TimeSpan MaxConflictWait = TimeSpan.FromSeconds(8);
@@ -781,7 +781,11 @@ internal sealed class TxnReplica(IReplicaHost host)
         }
 
         var recordKey = TxnKeys.Record(txn.Anchor, txn.Id);
-        using (await host.Latches.AcquireAsync(sm.RangeId, [recordKey], ct))
+
+        // Ending a transaction also resolves its intents on this range, in the same command (one proposal fewer).
+        var d = sm.Descriptor!;
+        var localKeys = request.Method == RpcMethods.KvTxnEnd ? (request.LockKeys ?? []).Where(k => d.Contains(k)).ToList() : [];
+        using (await host.Latches.AcquireAsync(sm.RangeId, localKeys.Append(recordKey), ct))
         {
             var (lease, now, leaseError) = await host.EnsureLeaseAsync(sm, ct);
             if (lease is null)
@@ -851,6 +855,22 @@ internal sealed class TxnReplica(IReplicaHost host)
             {
                 var batch = new WriteBatch();
                 batch.Put(recordKey, next.Encode());
+                if (request.Method == RpcMethods.KvTxnEnd && next.IsFinal)
+                {
+                    var resolution = next.Status == TxnStatus.Committed
+                        ? MvccResolution.Commit(txn.Id, next.Epoch, next.WriteTimestamp)
+                        : MvccResolution.Abort(txn.Id);
+                    foreach (var k in localKeys)
+                    {
+                        if (next.Status == TxnStatus.Committed && sm.Mvcc.GetIntent(k) is { } i && i.TxnId == txn.Id && i.Epoch == next.Epoch && i.WriteTimestamp > next.WriteTimestamp)
+                        {
+                            continue; // cannot happen (see ResolveHereAsync); leave it for the checks there
+                        }
+
+                        sm.Mvcc.ResolveIntent(batch, k, resolution);
+                    }
+                }
+
                 if (FaultPoints.Active)
                 {
                     await FaultPoints.HitAsync($"replica.{request.Method}.before-propose");
@@ -1019,6 +1039,11 @@ internal sealed class TxnReplica(IReplicaHost host)
             return RpcResponse.Fail(RpcErrorCode.BadRequest, bad!);
         }
 
+        if (ObserveTimestamp(txn.WriteTimestamp) is { } skew)
+        {
+            return skew;
+        }
+
         var key = request.Key!;
         var (sm, error) = host.Locate(key);
         if (sm is null)
@@ -1066,7 +1091,7 @@ internal sealed class TxnReplica(IReplicaHost host)
             return error!;
         }
 
-        var point = request.EndKey is null;
+        var point = request.Mode != "span";
         using (point ? await host.Latches.AcquireAsync(sm.RangeId, [key], ct) : null)
         {
             var (lease, _, leaseError) = await host.EnsureLeaseAsync(sm, ct);
@@ -1087,7 +1112,7 @@ internal sealed class TxnReplica(IReplicaHost host)
                 await WaitForWritesInSpanAsync(sm, conc, key, end, to, txn.Id, ct);
             }
 
-            var changed = sm.Mvcc.FindChange(key, point ? null : end, from, to, txn.Id);
+            var changed = sm.Mvcc.FindChange(key, end, from, to, txn.Id, point);
             return new RpcResponse
             {
                 Status = changed is null ? "ok" : "changed",

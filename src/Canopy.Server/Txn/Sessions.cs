@@ -28,6 +28,7 @@ public sealed partial class CanopyServer : IReplicaHost
     private const int MaxSessions = 10_000;
 
     private readonly ConcurrentDictionary<Guid, Session> _sessions = new();
+    private Timer? _sessionSweeper;
     private readonly SemaphoreSlim _routerGate = new(1, 1);
     private CanopyClient? _router;
     private TxnReplica? _txnReplica;
@@ -133,7 +134,7 @@ public sealed partial class CanopyServer : IReplicaHost
             };
             var coordinator = new TxnCoordinator(new RouterSender(this), _clock, settings, _log);
             _sessions[coordinator.Meta.Id] = new Session(coordinator);
-            SweepSessions();
+            _sessionSweeper ??= new Timer(_ => SweepSessions(), null, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(5));
             return new RpcResponse { Info = new() { ["txn_id"] = coordinator.Meta.Id.ToString() }, Timestamp = coordinator.Meta.ReadTimestamp.ToString() };
         }
 
