@@ -11,7 +11,7 @@ namespace Canopy.Mvcc;
 /// Encoding (<see cref="Encode"/>/<see cref="Decode"/>), all integers big-endian:
 /// <code>
 ///   0x01 (format) ‖ txn id (16, RFC 4122 byte order) ‖ epoch (4) ‖ write timestamp (12) ‖ kind (0x00 deletion | 0x01 value) ‖ value bytes
-///   0x02 (format) ‖ txn id ‖ epoch ‖ write timestamp ‖ min timestamp (12) ‖ priority (4) ‖ anchor length (2) ‖ anchor ‖ kind ‖ value bytes
+///   0x02 (format) ‖ txn id ‖ epoch ‖ write timestamp ‖ min timestamp (12) ‖ priority (4) ‖ sequence (4) ‖ anchor length (2) ‖ anchor ‖ kind ‖ value bytes
 /// </code>
 /// Format 0x02 carries what a conflicting reader or writer needs to find and push the transaction without asking
 /// anyone: the anchor key (its record lives on the anchor's range), its start timestamp and its priority.
@@ -45,6 +45,9 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
     /// <summary>The transaction's priority (higher wins a deadlock).</summary>
     public uint Priority { get; init; }
 
+    /// <summary>The write's sequence number within its transaction and epoch (later writes of a key have higher ones).</summary>
+    public int Sequence { get; init; }
+
     /// <summary>Reads an intent written by <see cref="Encode"/>.</summary>
     /// <exception cref="FormatException">The bytes are not an encoded intent.</exception>
     public static MvccIntent Decode(ReadOnlySpan<byte> encoded)
@@ -65,10 +68,11 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
         var pos = 21 + HlcTimestamp.EncodedLength;
         var minTs = HlcTimestamp.Zero;
         uint priority = 0;
+        var sequence = 0;
         byte[] anchor = [];
         if (encoded[0] == FormatWithMeta)
         {
-            if (encoded.Length < pos + HlcTimestamp.EncodedLength + 4 + 2 + 1)
+            if (encoded.Length < pos + HlcTimestamp.EncodedLength + 4 + 4 + 2 + 1)
             {
                 throw new FormatException($"corrupt MVCC intent of txn {txnId}: too short for its metadata");
             }
@@ -76,6 +80,8 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
             minTs = HlcTimestamp.Decode(encoded.Slice(pos, HlcTimestamp.EncodedLength));
             pos += HlcTimestamp.EncodedLength;
             priority = BinaryPrimitives.ReadUInt32BigEndian(encoded[pos..]);
+            pos += 4;
+            sequence = BinaryPrimitives.ReadInt32BigEndian(encoded[pos..]);
             pos += 4;
             int anchorLength = BinaryPrimitives.ReadUInt16BigEndian(encoded[pos..]);
             pos += 2;
@@ -96,14 +102,14 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
             0x01 => new MvccIntent(txnId, epoch, timestamp, rest.ToArray()),
             _ => throw new FormatException($"corrupt MVCC intent of txn {txnId}: kind 0x{kind:X2} with {rest.Length} value bytes"),
         };
-        return encoded[0] == FormatWithMeta ? intent with { Anchor = anchor, MinTimestamp = minTs, Priority = priority } : intent;
+        return encoded[0] == FormatWithMeta ? intent with { Anchor = anchor, MinTimestamp = minTs, Priority = priority, Sequence = sequence } : intent;
     }
 
     /// <summary>The stored form (format 0x02 when an anchor is set, else 0x01).</summary>
     public byte[] Encode()
     {
         var meta = Anchor.Length > 0;
-        var metaLength = meta ? HlcTimestamp.EncodedLength + 4 + 2 + Anchor.Length : 0;
+        var metaLength = meta ? HlcTimestamp.EncodedLength + 4 + 4 + 2 + Anchor.Length : 0;
         var bytes = new byte[HeaderLength + metaLength + (Value?.Length ?? 0)];
         bytes[0] = meta ? FormatWithMeta : Format;
         TxnId.TryWriteBytes(bytes.AsSpan(1, 16), bigEndian: true, out _);
@@ -115,6 +121,8 @@ public sealed record MvccIntent(Guid TxnId, int Epoch, HlcTimestamp WriteTimesta
             MinTimestamp.EncodeTo(bytes.AsSpan(pos));
             pos += HlcTimestamp.EncodedLength;
             BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(pos), Priority);
+            pos += 4;
+            BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(pos), Sequence);
             pos += 4;
             BinaryPrimitives.WriteUInt16BigEndian(bytes.AsSpan(pos), checked((ushort)Anchor.Length));
             pos += 2;

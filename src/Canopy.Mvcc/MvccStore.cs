@@ -167,6 +167,12 @@ public sealed class MvccStore
                 return new MvccWriteResult(MvccWriteStatus.StaleEpoch, existing, null);
             }
 
+            if (existing.Epoch == intent.Epoch && existing.Sequence > intent.Sequence)
+            {
+                // A delayed or retried older write of this transaction: the newer intent stays.
+                return new MvccWriteResult(MvccWriteStatus.Ok, existing, null);
+            }
+
             if (existing.Epoch == intent.Epoch && existing.WriteTimestamp > intent.WriteTimestamp)
             {
                 intent = intent with { WriteTimestamp = existing.WriteTimestamp };

@@ -137,7 +137,12 @@ public sealed record TxnMetaDto
 }
 
 /// <summary>One write of a batch: a put when <see cref="Value"/> is set, else a delete.</summary>
-public sealed record KvWrite(byte[] Key, byte[]? Value);
+public sealed record KvWrite(byte[] Key, byte[]? Value)
+{
+    /// <summary>Transactional writes: the write's sequence number within its transaction (a later write of the same
+    /// key has a higher one; a delayed or retried older write never overwrites a newer intent).</summary>
+    public int Seq { get; init; }
+}
 
 /// <summary>An RPC error.</summary>
 public sealed record RpcError(RpcErrorCode Code, string Message, ulong LeaseholderHint = 0, string? LeaseholderAddress = null);

@@ -263,6 +263,13 @@ internal sealed class SimWorld
 
     internal void Send(ulong from, ulong to, IReadOnlyList<Message> messages)
     {
+        long entries = 0;
+        for (var i = 0; i < messages.Count; i++)
+        {
+            entries += messages[i].Entries.Length;
+        }
+
+        _loop.CountSent(messages.Count, entries); // counted before loss and cuts: the senders' work is the runaway
         if (to == 0 || to > (ulong)_servers.Length || _cut.Contains((from, to)))
         {
             return;

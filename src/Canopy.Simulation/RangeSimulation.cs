@@ -47,6 +47,7 @@ namespace Canopy.Simulation;
 using System.Buffers.Binary;
 using System.Diagnostics;
 using Canopy.Clock;
+using Canopy.Mvcc;
 using Canopy.Ranges;
 using Canopy.Replication.MultiRaft;
 using Canopy.Replication.Raft;
@@ -410,6 +411,13 @@ internal sealed class RangeSimWorld
     /// <summary>Raft messages between servers: loss, duplication, delay with jitter, rare long delays, cut links.</summary>
     internal void Send(ulong from, ulong to, IReadOnlyList<Message> messages)
     {
+        long entries = 0;
+        for (var i = 0; i < messages.Count; i++)
+        {
+            entries += messages[i].Entries.Length;
+        }
+
+        _loop.CountSent(messages.Count, entries); // counted before loss and cuts: the senders' work is the runaway
         if (to == 0 || to > (ulong)_servers.Length || _cut.Contains((from, to)))
         {
             return;
@@ -1474,19 +1482,31 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
     {
         private readonly RangeSimServer _server;
         private readonly ulong _group;
+        private readonly byte[] _leaseKey;
         private ApplyResult _last;
 
         public RangeReplica(RangeSimServer server, ulong group, RangeStateMachine inner)
         {
             _server = server;
             _group = group;
+            _leaseKey = RangeKeys.Lease(group);
             Inner = inner;
+            AppliedLease = inner.Lease; // as recovered: applied and published are the same
             inner.OnCommandApplied = (_, r) => _last = r;
         }
 
         public RangeStateMachine Inner { get; }
 
         public ulong Applied => Inner.Applied;
+
+        /// <summary>
+        /// The lease as applied so far (the apply-time checks use it). <see cref="RangeStateMachine.Lease"/>, what the
+        /// evaluation serves under, is published only after the apply batch is written (<see cref="Written"/>).
+        /// Taken from the lease the apply wrote into the batch.
+        /// </summary>
+        public Lease AppliedLease { get; private set; }
+
+        public void Written() => Inner.Written();
 
         public void Apply(in Entry entry, WriteBatch batch)
         {
@@ -1495,17 +1515,26 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
             {
                 // Planted: the write goes through under whatever lease is in force when it applies.
                 var w = (RangeCommand.WriteCommand)RangeCommand.Decode(e.Data.Span);
-                e = e with { Data = (w with { LeaseSequence = Inner.Lease.Sequence }).Encode() };
+                e = e with { Data = (w with { LeaseSequence = AppliedLease.Sequence }).Encode() };
             }
 
             _last = ApplyResult.Applied;
-            var before = Inner.Lease;
+            var before = AppliedLease;
+            var ops = batch.Count;
             Inner.Apply(e, batch);
+            for (var i = ops; i < batch.Count; i++)
+            {
+                if (batch.Ops[i] is { Kind: WriteBatch.OpKind.Put, Value: { } v } op && op.Key.AsSpan().SequenceEqual(_leaseKey))
+                {
+                    AppliedLease = Lease.Decode(v);
+                }
+            }
+
             if (_last == ApplyResult.Applied && e.Type == EntryType.Normal && e.Data.Length > 0 && e.Data.Span[0] == 1
                 && RangeCommand.Decode(e.Data.Span) is RangeCommand.WriteCommand { Writes: [var written, ..] })
             {
                 // A write that took effect: its timestamp is where it was served.
-                _server._world.Checker.OnWriteApplied(_server.Id, _group, entry.Index, Inner.Lease, written.Timestamp, _server._world.Loop.Now);
+                _server._world.Checker.OnWriteApplied(_server.Id, _group, entry.Index, AppliedLease, written.Timestamp, _server._world.Loop.Now);
             }
 
             if (_server._world.Tracing)
@@ -1513,18 +1542,19 @@ internal sealed class RangeSimServer : ILogWriter, IRaftTransport, IStateMachine
                 _server._world.Trace($"s{_server.Id} r{_group} applied {entry.Index}/{entry.Term} ({(e.Data.Length == 0 ? "empty" : e.Type == EntryType.Normal ? (e.Data.Span[0] == 1 ? "write" : "lease") : e.Type.ToString())}): {_last}");
             }
 
-            if (Inner.Lease != before)
+            if (AppliedLease != before)
             {
-                _server._world.Trace($"s{_server.Id} r{_group} index {entry.Index}: lease {RangeSimChecker.Show(Inner.Lease)}");
+                _server._world.Trace($"s{_server.Id} r{_group} index {entry.Index}: lease {RangeSimChecker.Show(AppliedLease)}");
             }
 
-            _server._world.Checker.OnReplicaState(_server.Id, _group, entry.Index, Inner.Lease, _last, "apply");
+            _server._world.Checker.OnReplicaState(_server.Id, _group, entry.Index, AppliedLease, _last, "apply");
         }
 
         public void Install(Snapshot snapshot, WriteBatch batch)
         {
             Inner.Install(snapshot, batch);
-            _server._world.Checker.OnReplicaState(_server.Id, _group, snapshot.Meta.Index, Inner.Lease, null, "snapshot");
+            AppliedLease = Inner.Lease; // a snapshot publishes its lease at once
+            _server._world.Checker.OnReplicaState(_server.Id, _group, snapshot.Meta.Index, AppliedLease, null, "snapshot");
         }
 
         public (ulong Index, ReadOnlyMemory<byte> Data) Capture() => Inner.Capture();

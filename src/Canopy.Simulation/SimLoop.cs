@@ -14,6 +14,19 @@ public sealed class SimLoop(int seed)
 
     public const int MaxPending = 100_000;
 
+    /// <summary>
+    /// Messages a seed may send in all (a Raft or range seed normally sends under 40 thousand). Events alone do not
+    /// bound a storm: one event delivers a whole batch, and a batch can grow without bound (a planted bug once grew
+    /// batches to 50 thousand appends, each answered by several, in a few hundred events: minutes and gigabytes).
+    /// </summary>
+    public const long MaxMessages = 1_000_000;
+
+    /// <summary>Log entries a seed may send in all, inside its messages (normally under 15 thousand).</summary>
+    public const long MaxEntries = 10_000_000;
+
+    private long _messages;
+    private long _entries;
+
     /// <summary>Virtual time in microseconds.</summary>
     public long Now { get; private set; }
 
@@ -52,6 +65,21 @@ public sealed class SimLoop(int seed)
 
         Now = Math.Max(Now, until);
         return true;
+    }
+
+    /// <summary>
+    /// Counts a batch of <paramref name="messages"/> carrying <paramref name="entries"/> log entries about to be sent;
+    /// past <see cref="MaxMessages"/> or <see cref="MaxEntries"/> the seed ends as a runaway (at once: the batch may
+    /// be part of a storm growing within one event).
+    /// </summary>
+    public void CountSent(int messages, long entries)
+    {
+        _messages += messages;
+        _entries += entries;
+        if (_messages > MaxMessages || _entries > MaxEntries)
+        {
+            throw new SimViolation($"runaway: {_messages} messages carrying {_entries} entries sent in {Steps} events (limits {MaxMessages}, {MaxEntries}; this batch {messages} messages)");
+        }
     }
 
     public double NextDouble() => Random.NextDouble();

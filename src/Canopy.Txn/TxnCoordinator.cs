@@ -160,6 +160,8 @@ public sealed class TxnCoordinator
     private readonly Action<string> _log;
     private readonly Dictionary<byte[], byte[]?> _written = new(ByteArrayEquality.Instance);
     private readonly Dictionary<byte[], byte[]?> _buffer = new(ByteArrayEquality.Instance);
+    private readonly Dictionary<byte[], int> _seqs = new(ByteArrayEquality.Instance); // latest write sequence per key
+    private int _seq;
     private readonly List<byte[]> _bufferOrder = [];
     private readonly List<byte[]> _lockKeys = [];
     private readonly HashSet<byte[]> _lockSet = new(ByteArrayEquality.Instance);
@@ -310,6 +312,7 @@ public sealed class TxnCoordinator
         }
 
         _buffer[key] = value;
+        _seqs[key] = ++_seq;
         if (_settings.PipelineWrites || _buffer.Count >= _settings.MaxBufferedWrites)
         {
             await FlushAsync(ct);
@@ -327,7 +330,7 @@ public sealed class TxnCoordinator
         SetAnchor();
         foreach (var group in await GroupByRangeAsync(_bufferOrder, ct))
         {
-            var writes = group.Select(k => new KvWrite(k, _buffer[k])).ToList();
+            var writes = group.Select(k => new KvWrite(k, _buffer[k]) { Seq = _seqs[k] }).ToList();
             foreach (var k in group)
             {
                 AddLockKey(k);
@@ -465,7 +468,7 @@ public sealed class TxnCoordinator
 
     private async Task<(TxnResult?, HlcTimestamp?)> OnePhaseAsync(CancellationToken ct)
     {
-        var writes = _bufferOrder.Select(k => new KvWrite(k, _buffer[k])).ToList();
+        var writes = _bufferOrder.Select(k => new KvWrite(k, _buffer[k]) { Seq = _seqs[k] }).ToList();
         var req = new RpcRequest { Method = RpcMethods.KvTxnWrite, Mode = "onephase", Writes = writes, Txn = Meta.ToDto(), Flag = _reads.Count == 0 };
         await Point("coordinator.before-onephase");
         var resp = await SendCatchingAsync(req, writes[0].Key, ct);
@@ -512,7 +515,7 @@ public sealed class TxnCoordinator
             {
                 Method = RpcMethods.KvTxnWrite,
                 Mode = "stage",
-                Writes = (stageGroup ?? []).Select(k => new KvWrite(k, _buffer[k])).ToList(),
+                Writes = (stageGroup ?? []).Select(k => new KvWrite(k, _buffer[k]) { Seq = _seqs[k] }).ToList(),
                 InFlight = inFlight,
                 LockKeys = inFlight,
                 Txn = meta.ToDto(),
@@ -522,7 +525,7 @@ public sealed class TxnCoordinator
         foreach (var g in groups.Where(g => g != stageGroup))
         {
             tasks.Add(SendCatchingAsync(
-                new RpcRequest { Method = RpcMethods.KvTxnWrite, Mode = "intent", Writes = g.Select(k => new KvWrite(k, _buffer[k])).ToList(), Txn = meta.ToDto() },
+                new RpcRequest { Method = RpcMethods.KvTxnWrite, Mode = "intent", Writes = g.Select(k => new KvWrite(k, _buffer[k]) { Seq = _seqs[k] }).ToList(), Txn = meta.ToDto() },
                 g[0],
                 ct));
         }

@@ -66,7 +66,7 @@ internal interface IReplicaHost
 }
 
 /// <summary>One key of a write request.</summary>
-internal readonly record struct KeyWrite(byte[] Key, byte[]? Value);
+internal readonly record struct KeyWrite(byte[] Key, byte[]? Value, int Seq = 0);
 
 /// <summary>The replica side of transactions at one server (see the file header).</summary>
 internal sealed class TxnReplica(IReplicaHost host)
@@ -265,7 +265,7 @@ internal sealed class TxnReplica(IReplicaHost host)
             return skew;
         }
 
-        var writes = (request.Writes ?? []).Select(w => new KeyWrite(w.Key, w.Value)).ToList();
+        var writes = (request.Writes ?? []).Select(w => new KeyWrite(w.Key, w.Value, w.Seq)).ToList();
         foreach (var w in writes)
         {
             if (CanopyServer.ValidateKey(w.Key) is { } badKey)
@@ -517,7 +517,7 @@ internal sealed class TxnReplica(IReplicaHost host)
 
     private static void PutIntent(RangeStateMachine sm, WriteBatch batch, KeyWrite w, TxnMeta t)
     {
-        var intent = new MvccIntent(t.Id, t.Epoch, t.WriteTimestamp, w.Value) { Anchor = t.Anchor, MinTimestamp = t.MinTimestamp, Priority = t.Priority };
+        var intent = new MvccIntent(t.Id, t.Epoch, t.WriteTimestamp, w.Value) { Anchor = t.Anchor, MinTimestamp = t.MinTimestamp, Priority = t.Priority, Sequence = w.Seq };
         var r = sm.Mvcc.PutIntent(batch, w.Key, intent);
         if (r.Status != MvccWriteStatus.Ok)
         {
