@@ -281,6 +281,17 @@ public sealed class RangeCodecTests
             case RangeCommand.LeaseCommand l:
                 Assert.Equal(l, Assert.IsType<RangeCommand.LeaseCommand>(actual));
                 break;
+            case RangeCommand.EvalCommand e:
+                var ea = Assert.IsType<RangeCommand.EvalCommand>(actual);
+                Assert.Equal(e.LeaseSequence, ea.LeaseSequence);
+                Assert.Equal(e.Ops.Length, ea.Ops.Length);
+                for (var i = 0; i < e.Ops.Length; i++)
+                {
+                    Assert.Equal(e.Ops[i].Key, ea.Ops[i].Key);
+                    Assert.Equal(e.Ops[i].Value, ea.Ops[i].Value);
+                }
+
+                break;
             default:
                 throw new InvalidOperationException($"unknown command {expected}");
         }

@@ -28,6 +28,22 @@ public sealed class RangeStateMachineTests
     }
 
     [Fact]
+    public void A_lease_is_served_only_once_the_batch_it_was_applied_in_is_written()
+    {
+        var r = Replica.Bootstrap(Span);
+        var batch = new WriteBatch();
+        var cmd = new RangeCommand.LeaseCommand(new Lease(1, T(100), T(200), 0), 0, false);
+        r.Sm.Apply(new Entry(11, 2, EntryType.Normal, cmd.Encode()), batch);
+
+        // Applied (apply-time checks use it) but not written: a reader must not serve under it yet, or it could miss
+        // the writes applied just before it in the same batch.
+        Assert.Equal(Lease.None, r.Sm.Lease);
+        r.Engine.Write(batch, sync: false);
+        r.Sm.Written();
+        Assert.Equal(new Lease(1, T(100), T(200), 1), r.Sm.Lease);
+    }
+
+    [Fact]
     public void An_extension_by_the_holder_keeps_the_sequence_and_the_start_and_never_shortens()
     {
         var r = WithLease(new Lease(1, T(100), T(200), 0)); // sequence 1

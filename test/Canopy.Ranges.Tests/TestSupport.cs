@@ -66,6 +66,7 @@ internal sealed class Replica
         var batch = new WriteBatch();
         Sm.Apply(new Entry(index, 2, type, data), batch);
         Engine.Write(batch, sync: false);
+        Sm.Written(); // as the scheduler does once the apply batch is written: the lease is published
         Sm.OnCommandApplied = null;
         Assert.Equal(index, Sm.Applied);
         return reported ?? throw new InvalidOperationException("OnCommandApplied was not called");
