@@ -327,6 +327,12 @@ public sealed class CanopyClient : IAsyncDisposable
             ["parallel_commits"] = options.ParallelCommits ? "true" : "false",
             ["one_phase"] = options.OnePhase ? "true" : "false",
             ["pipeline"] = options.PipelineWrites ? "true" : "false",
+            ["priority"] = options.Priority switch
+            {
+                TransactionPriority.High => "high",
+                TransactionPriority.Low => "low",
+                _ => "normal",
+            },
         };
         string? lastError = null;
         for (var i = 0; i < Math.Max(3, _pool.Known.Count); i++)

@@ -26,6 +26,14 @@ public sealed record TransactionResult(TransactionOutcome Outcome, string? Reaso
     public bool IsCommitted => Outcome == TransactionOutcome.Committed;
 }
 
+/// <summary>Priority classes of transactions.</summary>
+public enum TransactionPriority
+{
+    Low,
+    Normal,
+    High,
+}
+
 /// <summary>Switches of one transaction.</summary>
 public sealed record TransactionOptions
 {
@@ -37,6 +45,12 @@ public sealed record TransactionOptions
 
     /// <summary>Send each write at once as a pipelined intent instead of buffering it until commit.</summary>
     public bool PipelineWrites { get; init; }
+
+    /// <summary>
+    /// Priority class: a high-priority transaction never waits for others (it aborts a conflicting writer or pushes a
+    /// conflicting transaction's timestamp); a low-priority one never makes others wait. Normal ones wait for each other.
+    /// </summary>
+    public TransactionPriority Priority { get; init; } = TransactionPriority.Normal;
 
     /// <summary>Attempts of RunTransactionAsync before it gives up on retryable aborts.</summary>
     public int MaxAttempts { get; init; } = 20;

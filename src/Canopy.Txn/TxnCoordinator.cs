@@ -121,7 +121,7 @@ public sealed record TxnSettings
 
     public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(1);
 
-    /// <summary>Priority (0: random).</summary>
+    /// <summary>Priority (0: a random normal one; <see cref="TxnPriority.High"/>, <see cref="TxnPriority.Low"/>: the classes).</summary>
     public uint Priority { get; init; }
 }
 
@@ -182,7 +182,7 @@ public sealed class TxnCoordinator
         _clock = clock;
         var now = clock.Now();
         var random = _env.Random ?? Random.Shared;
-        var priority = _settings.Priority != 0 ? _settings.Priority : (uint)random.NextInt64(1, uint.MaxValue);
+        var priority = _settings.Priority != 0 ? _settings.Priority : TxnPriority.RandomNormal(random);
         var id = new byte[16];
         random.NextBytes(id);
         Meta = new TxnMeta(new Guid(id), 0, now, now, now, priority, []);

@@ -3,6 +3,23 @@ using Canopy.Clock;
 
 namespace Canopy.Txn;
 
+/// <summary>
+/// Priority classes: a high-priority transaction never waits for a normal or low one (it aborts or pushes it); a
+/// low-priority one never makes others wait; normal ones wait for each other (and deadlocks pick the lower value).
+/// </summary>
+public static class TxnPriority
+{
+    public const uint Low = 1;
+
+    public const uint High = uint.MaxValue;
+
+    /// <summary>A non-transactional request pushes as a normal transaction would.</summary>
+    public const uint Normal = uint.MaxValue / 2;
+
+    /// <summary>A random normal priority (strictly between low and high).</summary>
+    public static uint RandomNormal(Random random) => (uint)random.NextInt64(Low + 1, High);
+}
+
 /// <summary>The states of a transaction record (DESIGN §8). COMMITTED and ABORTED are final.</summary>
 public enum TxnStatus : byte
 {

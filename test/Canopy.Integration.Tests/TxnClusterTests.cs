@@ -320,6 +320,37 @@ public sealed class TxnClusterTests(InProcessCluster cluster, ITestOutputHelper 
         Assert.True(await cluster.NoIntentsAsync(keys, TimeSpan.FromSeconds(15)), "intents left after the deadlock was broken");
     }
 
+    [Fact]
+    public async Task AHighPriorityTransactionDoesNotWait()
+    {
+        // A writer: aborts the normal transaction holding the key.
+        var k = Keys("prio", "m", "x");
+        await using var low = await cluster.Client.BeginTransactionAsync(new TransactionOptions { PipelineWrites = true, OnePhase = false });
+        await low.PutAsync(k[0], V(1));
+        Assert.True(await WaitForAsync(() => cluster.Servers.Sum(s => s.LocalIntents([k[0]]).Count) > 0, TimeSpan.FromSeconds(10)));
+        var sw = Stopwatch.StartNew();
+        var high = await cluster.Client.RunTransactionAsync(async t => await t.PutAsync(k[0], V(2)), new TransactionOptions { Priority = TransactionPriority.High, OnePhase = false });
+        Assert.Equal(TransactionOutcome.Committed, high.Outcome);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"the high-priority writer waited {sw.Elapsed}");
+        Assert.Equal(TransactionOutcome.Aborted, (await low.CommitAsync()).Outcome);
+        Assert.Equal(2, L(await cluster.Client.GetAsync(k[0])));
+
+        // A reader: pushes the normal writer's timestamp instead of waiting; the writer still commits (above it).
+        await using var writer = await cluster.Client.BeginTransactionAsync(new TransactionOptions { PipelineWrites = true, OnePhase = false });
+        await writer.PutAsync(k[1], V(5));
+        Assert.True(await WaitForAsync(() => cluster.Servers.Sum(s => s.LocalIntents([k[1]]).Count) > 0, TimeSpan.FromSeconds(10)));
+        byte[]? seen = [];
+        sw.Restart();
+        var reader = await cluster.Client.RunTransactionAsync(async t => seen = await t.GetAsync(k[1]), new TransactionOptions { Priority = TransactionPriority.High });
+        Assert.Equal(TransactionOutcome.Committed, reader.Outcome);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"the high-priority reader waited {sw.Elapsed}");
+        Assert.Null(seen);
+        var w = await writer.CommitAsync();
+        Assert.Equal(TransactionOutcome.Committed, w.Outcome);
+        Assert.True(HlcStamp.Parse(w.CommitTimestamp!).CompareTo(HlcStamp.Parse(reader.CommitTimestamp!)) > 0, "the pushed writer committed below the read");
+        Assert.Equal(5, L(await cluster.Client.GetAsync(k[1])));
+    }
+
     /// <summary>Every fault point of the coordinator's commit path.</summary>
     public static readonly TheoryData<string, bool> CoordinatorSteps = new()
     {

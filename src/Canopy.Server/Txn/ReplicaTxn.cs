@@ -965,7 +965,30 @@ internal sealed class TxnReplica(IReplicaHost host)
                     return new RpcResponse { Status = "pushed", Txn = StatusAnswer(rec, pushee.Anchor).Txn };
                 }
 
-                if (expired || (deadlock && pusherWins))
+                // Priority classes (txn-pitfalls 12): a high-priority pusher, or any pusher of a low-priority
+                // transaction, does not wait: a writer aborts the pushee, a reader pushes its timestamp.
+                var pusherPriority = pusher?.Priority ?? TxnPriority.Normal;
+                var byPriority = (pusherPriority == TxnPriority.High && pushee.Priority != TxnPriority.High)
+                    || (pushee.Priority == TxnPriority.Low && pusherPriority != TxnPriority.Low);
+                if (byPriority && !abort && !expired)
+                {
+                    var pushed = rec is not null
+                        ? rec with { WriteTimestamp = HlcTimestamp.Max(rec.WriteTimestamp, pushTo) }
+                        : new TxnRecord(pushee.Id, TxnStatus.Pending, pushee.Epoch, HlcTimestamp.Max(pushee.WriteTimestamp, pushTo), pushee.MinTimestamp,
+                            pushee.Priority, lastAlive, [], []);
+                    var batch = new WriteBatch();
+                    batch.Put(recordKey, pushed.Encode());
+                    var failed = await ProposeBatchAsync(sm, lease, batch, ct);
+                    if (failed is not null)
+                    {
+                        return failed;
+                    }
+
+                    _waits.Notify(pushee.Id, final: false);
+                    return new RpcResponse { Status = "pushed", Txn = StatusAnswer(pushed, pushee.Anchor).Txn };
+                }
+
+                if (expired || (deadlock && pusherWins) || byPriority)
                 {
                     var aborted = new TxnRecord(pushee.Id, TxnStatus.Aborted, rec?.Epoch ?? pushee.Epoch, rec?.WriteTimestamp ?? pushee.WriteTimestamp,
                         pushee.MinTimestamp, pushee.Priority, lastAlive, [], rec?.LockKeys ?? []);

@@ -130,7 +130,12 @@ public sealed partial class CanopyServer : IReplicaHost
                 ParallelCommits = !string.Equals(args.GetValueOrDefault("parallel_commits"), "false", StringComparison.OrdinalIgnoreCase),
                 OnePhase = !string.Equals(args.GetValueOrDefault("one_phase"), "false", StringComparison.OrdinalIgnoreCase),
                 PipelineWrites = string.Equals(args.GetValueOrDefault("pipeline"), "true", StringComparison.OrdinalIgnoreCase),
-                Priority = uint.TryParse(args.GetValueOrDefault("priority"), out var p) ? p : 0,
+                Priority = args.GetValueOrDefault("priority") switch
+                {
+                    "high" => TxnPriority.High,
+                    "low" => TxnPriority.Low,
+                    _ => 0,
+                },
             };
             var coordinator = new TxnCoordinator(new RouterSender(this), _clock, settings, _log);
             _sessions[coordinator.Meta.Id] = new Session(coordinator);
