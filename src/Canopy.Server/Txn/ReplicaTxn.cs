@@ -739,8 +739,17 @@ internal sealed class TxnReplica(IReplicaHost host)
                         var intent = sm.Mvcc.GetIntent(k);
                         if (intent is not null && intent.TxnId == txnId && intent.Epoch == epoch && intent.WriteTimestamp > ts)
                         {
-                            // Cannot happen with a correct protocol (staging requires every write at or below the
-                            // commit timestamp); refuse rather than lose or invent a write.
+                            // Every write of a committed transaction was at or below its commit timestamp when it
+                            // committed. An intent above it is a stray copy of a write (a request delayed in the
+                            // network) that landed after its key was resolved, and was pushed above later reads: the
+                            // committed version is already there, so the copy goes. Without that version, refuse
+                            // rather than lose a write (a protocol bug).
+                            if (sm.Mvcc.Engine.Get(MvccKeys.VersionKey(k, ts)) is not null)
+                            {
+                                sm.Mvcc.ResolveIntent(batch, k, MvccResolution.Abort(txnId));
+                                continue;
+                            }
+
                             return RpcResponse.Fail(RpcErrorCode.Internal, $"intent of committed txn {txnId} on {RangeDescriptor.KeyText(k)} above its commit timestamp");
                         }
 
