@@ -343,7 +343,7 @@ public sealed class CanopyClient : IAsyncDisposable
                 var r = await CallServerAsync(gateway, new RpcRequest { Method = RpcMethods.TxnBegin, Args = args }, _options.RequestTimeout, ct).ConfigureAwait(false);
                 if (r.Error is null && r.Info?.GetValueOrDefault("txn_id") is { } id)
                 {
-                    return new CanopyTransaction(this, gateway, id, options);
+                    return new CanopyTransaction(this, gateway, id, options, r.Timestamp);
                 }
 
                 lastError = r.Error?.Message ?? "no transaction id in the answer";

@@ -80,13 +80,17 @@ public sealed class CanopyTransaction : IAsyncDisposable
     private readonly TransactionOptions _options;
     private bool _ended;
 
-    internal CanopyTransaction(CanopyClient client, string gateway, string id, TransactionOptions options)
+    internal CanopyTransaction(CanopyClient client, string gateway, string id, TransactionOptions options, string? readTimestamp = null)
     {
         _client = client;
         _gateway = gateway;
         Id = id;
         _options = options;
+        ReadTimestamp = readTimestamp;
     }
+
+    /// <summary>The HLC timestamp ("wall.logical") the transaction started reading at (it may move up with refreshes).</summary>
+    public string? ReadTimestamp { get; }
 
     /// <summary>The transaction id.</summary>
     public string Id { get; }
