@@ -270,6 +270,7 @@ internal sealed class SimWorld
         }
 
         _loop.CountSent(messages.Count, entries); // counted before loss and cuts: the senders' work is the runaway
+        CheckRejections(from, to, messages);
         if (to == 0 || to > (ulong)_servers.Length || _cut.Contains((from, to)))
         {
             return;
@@ -291,6 +292,33 @@ internal sealed class SimWorld
 
             var target = Server(to);
             _loop.After(delay, () => target.Deliver(from, messages));
+        }
+    }
+
+    /// <summary>
+    /// A follower that rejects an append at or below the index its leader of the same term already counts as matched
+    /// has lost entries it acknowledged (acknowledged before they were durable, or truncated by a stale append): a
+    /// violation at once, before the damage shows as a lost commit or a message storm.
+    /// </summary>
+    private void CheckRejections(ulong from, ulong to, IReadOnlyList<Message> messages)
+    {
+        if (to == 0 || to > (ulong)_servers.Length || !Server(to).Alive)
+        {
+            return;
+        }
+
+        foreach (var m in messages)
+        {
+            if (m.Type != MessageType.AppendResp || !m.Reject)
+            {
+                continue;
+            }
+
+            if (Server(to).Scheduler?.Node(m.Group) is { Role: RaftRole.Leader } leader && leader.Term == m.Term
+                && leader.ProgressOf(from) is { } p && p.Match >= m.Index && m.Index > 0)
+            {
+                _checker.FailNow($"lost acknowledged entries: s{from} rejects index {m.Index} of g{m.Group} in term {m.Term}, but leader s{to} counts it matched up to {p.Match}");
+            }
         }
     }
 
@@ -1351,4 +1379,7 @@ internal sealed class SimChecker
         Violation ??= message;
         throw new SimViolation(message);
     }
+
+    /// <summary>Records a violation found outside the per-step checks (e.g. in the network).</summary>
+    public void FailNow(string message) => Fail(message);
 }
