@@ -78,6 +78,9 @@ public sealed record ServerOptions
     public TimeSpan InjectedDelay { get; init; }
 
     public Action<string> Log { get; init; } = _ => { };
+
+    /// <summary>The WebSocket gateway on the HTTP port (/ws): token and limits (docs/protocol.md).</summary>
+    public Canopy.Gateway.GatewayOptions Gateway { get; init; } = new();
 }
 
 /// <summary>One Canopy server (see the file header).</summary>
@@ -293,6 +296,8 @@ public sealed partial class CanopyServer : IAsyncDisposable
         builder.Logging.ClearProviders();
         builder.WebHost.ConfigureKestrel(k => k.Listen(endpoint));
         var web = builder.Build();
+        web.UseWebSockets();
+        web.Map(Canopy.Gateway.GatewayProtocol.Path, new Canopy.Gateway.WebSocketGateway(_options.Gateway, HandleAsync, _log, _stop.Token).HandleAsync);
         web.MapGet("/health", () => Results.Text(IsInitialized ? "ok" : "waiting for init"));
         web.MapGet("/status", async (HttpContext ctx) =>
         {
