@@ -31,6 +31,7 @@ public static class CanopyCli
         root.Subcommands.Add(RangeCommand.Build());
         root.Subcommands.Add(NodeCommand.Build());
         root.Subcommands.Add(WorkloadCommand.Build());
+        root.Subcommands.Add(TreeCommand.Build());
         return root;
     }
 
