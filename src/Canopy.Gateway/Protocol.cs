@@ -1,6 +1,7 @@
 // Gateway protocol, version 1 (docs/protocol.md is the reference; keep the two in step)
 namespace Canopy.Gateway;
 
+using Canopy.Rpc;
 using Canopy.Variant;
 
 /// <summary>Constants and message builders of the WebSocket protocol.</summary>
@@ -21,6 +22,8 @@ public static class GatewayProtocol
         public const string TooLarge = "too_large";
         public const string RateLimited = "rate_limited";
         public const string NotFound = "not_found";
+        public const string NotOwner = "not_owner";
+        public const string NameTaken = "name_taken";
         public const string TxnAborted = "txn_aborted";
         public const string Ambiguous = "ambiguous";
         public const string Unavailable = "unavailable";
@@ -42,6 +45,16 @@ public static class GatewayProtocol
         entries.AddRange(fields.Select(e => ((GodotVariant)e.Key, e.Value)));
         return new VariantDictionary([.. entries]);
     }
+
+    /// <summary>The gateway error code of an RPC error code.</summary>
+    internal static string CodeOf(RpcErrorCode code) => code switch
+    {
+        RpcErrorCode.BadRequest or RpcErrorCode.AlreadyInitialized or RpcErrorCode.ConditionFailed => Codes.BadRequest,
+        RpcErrorCode.TxnAborted => Codes.TxnAborted,
+        RpcErrorCode.Ambiguous => Codes.Ambiguous,
+        RpcErrorCode.Internal => Codes.Internal,
+        _ => Codes.Unavailable, // not leaseholder, range not found, unavailable, not initialised, refused
+    };
 
     internal static GodotVariant Bytes(byte[]? b) => b is null ? GodotVariant.Nil : new PackedByteArray(b);
 }

@@ -22,6 +22,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Threading.Channels;
 using Canopy.Rpc;
+using Canopy.Tree;
 using Canopy.Variant;
 using Microsoft.AspNetCore.Http;
 
@@ -33,6 +34,7 @@ public sealed class WebSocketGateway
     private readonly Action<string> _log;
     private readonly CancellationToken _stopping;
     private readonly VariantDecodeOptions _decodeOptions;
+    private readonly TreeTxnRunner _treeRunner;
     private int _connections;
 
     public WebSocketGateway(GatewayOptions options, Func<RpcRequest, CancellationToken, Task<RpcResponse>> handler, Action<string> log, CancellationToken stopping)
@@ -48,6 +50,7 @@ public sealed class WebSocketGateway
         _log = log;
         _stopping = stopping;
         _decodeOptions = new VariantDecodeOptions { MaxBytes = options.MaxFrameBytes, MaxDepth = 32 };
+        _treeRunner = GatewayTreeTxn.Runner(handler);
     }
 
     /// <summary>Connections open now.</summary>
@@ -392,6 +395,11 @@ public sealed class WebSocketGateway
                     return;
                 case "txn_get" or "txn_scan" or "txn_put" or "txn_delete" or "txn_cput" or "txn_commit" or "txn_rollback":
                     break;
+                case var treeOp when GatewayTreeOps.IsTreeOp(treeOp):
+                    // One server-side transaction per op, begun and ended by the op itself (not counted as the
+                    // connection's open transactions); runs under the server's lifetime like the other requests.
+                    await StartAsync(Task.CompletedTask, () => TreeOpAsync(id, treeOp, f));
+                    return;
                 default:
                     await SendAsync(GatewayProtocol.Error(id, GatewayProtocol.Codes.BadRequest, $"unknown op '{op}'"));
                     return;
@@ -573,6 +581,21 @@ public sealed class WebSocketGateway
             await SendAsync(reply);
         }
 
+        private async Task TreeOpAsync(GodotVariant id, string op, Fields f)
+        {
+            VariantDictionary reply;
+            try
+            {
+                reply = await GatewayTreeOps.RunAsync(op, f, id, _g._treeRunner, _g._decodeOptions, _g._stopping);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                reply = ExceptionError(id, e);
+            }
+
+            await SendAsync(reply);
+        }
+
         private void End(string txn, TxnState state)
         {
             state.Ended = true;
@@ -618,14 +641,7 @@ public sealed class WebSocketGateway
             };
         }
 
-        private static VariantDictionary MapError(GodotVariant id, RpcError e) => GatewayProtocol.Error(id, e.Code switch
-        {
-            RpcErrorCode.BadRequest or RpcErrorCode.AlreadyInitialized or RpcErrorCode.ConditionFailed => GatewayProtocol.Codes.BadRequest,
-            RpcErrorCode.TxnAborted => GatewayProtocol.Codes.TxnAborted,
-            RpcErrorCode.Ambiguous => GatewayProtocol.Codes.Ambiguous,
-            RpcErrorCode.Internal => GatewayProtocol.Codes.Internal,
-            _ => GatewayProtocol.Codes.Unavailable, // not leaseholder, range not found, unavailable, not initialised, refused
-        }, e.Message);
+        private static VariantDictionary MapError(GodotVariant id, RpcError e) => GatewayProtocol.Error(id, GatewayProtocol.CodeOf(e.Code), e.Message);
 
         private VariantDictionary ExceptionError(GodotVariant id, Exception e)
         {
