@@ -235,15 +235,23 @@ public sealed class GatewayTests(GatewayFixture fx) : IClassFixture<GatewayFixtu
     public async Task A_connection_closed_mid_transaction_leaves_its_keys_writable()
     {
         var key = B(UniqueKey("orphan"));
+        string ta;
         await using (var a = await fx.ConnectAsync())
         {
-            var ta = (await a.CallAsync("txn_begin")).Str("txn")!;
+            ta = (await a.CallAsync("txn_begin")).Str("txn")!;
             Assert.Equal("result", (await a.CallAsync("txn_put", ("txn", ta), ("key", key), ("value", B("never")))).Str("op"));
+            Assert.True(fx.Server.HasOpenTransaction(ta));
+        }
+
+        // Closing the connection rolls its open transaction back on the server.
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (fx.Server.HasOpenTransaction(ta))
+        {
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(10), "the transaction of a closed connection is still open on the gateway");
+            await Task.Delay(20);
         }
 
         // A's transaction never committed: B writes the key and reads its own value back, A's never shows.
-        // (This does not prove the gateway's roll-back on close by itself: the transaction protocol may also abort A
-        // when B pushes it. The roll-back is observable only through server internals.)
         await using var b = await fx.ConnectAsync();
         var tb = (await b.CallAsync("txn_begin")).Str("txn")!;
         Assert.Equal("result", (await b.CallAsync("txn_put", ("txn", tb), ("key", key), ("value", B("b")))).Str("op"));

@@ -240,6 +240,9 @@ public sealed partial class CanopyServer : IReplicaHost
         }
     }
 
+    /// <summary>For tests: whether the transaction <paramref name="id"/> is still open on this gateway.</summary>
+    internal bool HasOpenTransaction(string id) => Guid.TryParse(id, out var g) && _sessions.ContainsKey(g);
+
     /// <summary>For tests: the coordinator of an open transaction on this gateway.</summary>
     internal TxnCoordinator? SessionCoordinator(Guid id) => _sessions.TryGetValue(id, out var s) ? s.Coordinator : null;
 
