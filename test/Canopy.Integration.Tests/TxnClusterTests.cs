@@ -328,10 +328,9 @@ public sealed class TxnClusterTests(InProcessCluster cluster, ITestOutputHelper 
         await using var low = await cluster.Client.BeginTransactionAsync(new TransactionOptions { PipelineWrites = true, OnePhase = false });
         await low.PutAsync(k[0], V(1));
         Assert.True(await WaitForAsync(() => cluster.Servers.Sum(s => s.LocalIntents([k[0]]).Count) > 0, TimeSpan.FromSeconds(10)));
-        var sw = Stopwatch.StartNew();
-        var high = await cluster.Client.RunTransactionAsync(async t => await t.PutAsync(k[0], V(2)), new TransactionOptions { Priority = TransactionPriority.High, OnePhase = false });
+        // The low transaction stays open (heartbeating) until the end: a writer that waited for it could only give up.
+        var high = await cluster.Client.RunTransactionAsync(async t => await t.PutAsync(k[0], V(2)), new TransactionOptions { Priority = TransactionPriority.High, OnePhase = false, MaxAttempts = 1 });
         Assert.Equal(TransactionOutcome.Committed, high.Outcome);
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"the high-priority writer waited {sw.Elapsed}");
         Assert.Equal(TransactionOutcome.Aborted, (await low.CommitAsync()).Outcome);
         Assert.Equal(2, L(await cluster.Client.GetAsync(k[0])));
 
@@ -340,10 +339,8 @@ public sealed class TxnClusterTests(InProcessCluster cluster, ITestOutputHelper 
         await writer.PutAsync(k[1], V(5));
         Assert.True(await WaitForAsync(() => cluster.Servers.Sum(s => s.LocalIntents([k[1]]).Count) > 0, TimeSpan.FromSeconds(10)));
         byte[]? seen = [];
-        sw.Restart();
-        var reader = await cluster.Client.RunTransactionAsync(async t => seen = await t.GetAsync(k[1]), new TransactionOptions { Priority = TransactionPriority.High });
+        var reader = await cluster.Client.RunTransactionAsync(async t => seen = await t.GetAsync(k[1]), new TransactionOptions { Priority = TransactionPriority.High, MaxAttempts = 1 });
         Assert.Equal(TransactionOutcome.Committed, reader.Outcome);
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"the high-priority reader waited {sw.Elapsed}");
         Assert.Null(seen);
         var w = await writer.CommitAsync();
         Assert.Equal(TransactionOutcome.Committed, w.Outcome);
