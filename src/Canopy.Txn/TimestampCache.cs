@@ -1,4 +1,5 @@
 using Canopy.Clock;
+using Canopy.Storage;
 
 namespace Canopy.Txn;
 
@@ -18,7 +19,7 @@ public sealed class TimestampCache
     public const int SpanCapacity = 2_000;
 
     private readonly object _gate = new();
-    private readonly Dictionary<byte[], Entry> _points = new(ByteArrayEquality.Instance);
+    private readonly Dictionary<byte[], Entry> _points = new(ByteArrayComparer.Instance);
     private readonly List<(byte[] Start, byte[]? End, Entry Entry)> _spans = [];
     private HlcTimestamp _low;
 
@@ -136,20 +137,5 @@ public sealed class TimestampCache
                 ? new Entry(ts, txn, HlcTimestamp.Max(Others, Max))
                 : this with { Others = HlcTimestamp.Max(Others, ts) };
         }
-    }
-}
-
-/// <summary>Content equality of byte arrays (dictionary keys).</summary>
-public sealed class ByteArrayEquality : IEqualityComparer<byte[]>
-{
-    public static readonly ByteArrayEquality Instance = new();
-
-    public bool Equals(byte[]? x, byte[]? y) => x is null ? y is null : y is not null && x.AsSpan().SequenceEqual(y);
-
-    public int GetHashCode(byte[] obj)
-    {
-        var h = new HashCode();
-        h.AddBytes(obj);
-        return h.ToHashCode();
     }
 }

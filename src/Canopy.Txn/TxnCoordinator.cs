@@ -38,6 +38,7 @@ namespace Canopy.Txn;
 
 using Canopy.Clock;
 using Canopy.Rpc;
+using Canopy.Storage;
 
 /// <summary>How the coordinator reaches ranges (the server implements it with its router).</summary>
 public interface ITxnSender
@@ -158,13 +159,13 @@ public sealed class TxnCoordinator
     private readonly ITxnSender _sender;
     private readonly TxnSettings _settings;
     private readonly Action<string> _log;
-    private readonly Dictionary<byte[], byte[]?> _written = new(ByteArrayEquality.Instance);
-    private readonly Dictionary<byte[], byte[]?> _buffer = new(ByteArrayEquality.Instance);
-    private readonly Dictionary<byte[], int> _seqs = new(ByteArrayEquality.Instance); // latest write sequence per key
+    private readonly Dictionary<byte[], byte[]?> _written = new(ByteArrayComparer.Instance);
+    private readonly Dictionary<byte[], byte[]?> _buffer = new(ByteArrayComparer.Instance);
+    private readonly Dictionary<byte[], int> _seqs = new(ByteArrayComparer.Instance); // latest write sequence per key
     private int _seq;
     private readonly List<byte[]> _bufferOrder = [];
     private readonly List<byte[]> _lockKeys = [];
-    private readonly HashSet<byte[]> _lockSet = new(ByteArrayEquality.Instance);
+    private readonly HashSet<byte[]> _lockSet = new(ByteArrayComparer.Instance);
     private readonly List<(byte[] Start, byte[]? End, bool Span)> _reads = []; // Span: [Start, End) with End null = to the end; else the key Start
     private readonly List<Task<RpcResponse>> _pipelined = [];
     private readonly CancellationTokenSource _heartbeatStop = new();

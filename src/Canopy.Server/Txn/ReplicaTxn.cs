@@ -85,7 +85,7 @@ internal sealed class TxnReplica(IReplicaHost host)
     {
         public readonly object Gate = new();
         public readonly TimestampCache Cache = new();
-        public readonly Dictionary<byte[], int> InFlight = new(ByteArrayEquality.Instance);
+        public readonly Dictionary<byte[], int> InFlight = new(ByteArrayComparer.Instance);
         public ulong LeaseSequence = ulong.MaxValue;
     }
 
@@ -528,7 +528,7 @@ internal sealed class TxnReplica(IReplicaHost host)
 
     private static List<byte[]> Union(IReadOnlyList<byte[]>? a, IReadOnlyList<byte[]> b)
     {
-        var set = new HashSet<byte[]>(ByteArrayEquality.Instance);
+        var set = new HashSet<byte[]>(ByteArrayComparer.Instance);
         var list = new List<byte[]>();
         foreach (var k in (a ?? []).Concat(b))
         {
