@@ -664,46 +664,8 @@ public sealed class TxnCoordinator
                     Finalized = _env.Spawn(() => ResolveAllAsync(meta with { WriteTimestamp = ts }, "committed", _lockKeys.ToList()));
                     return TxnResult.Committed(ts);
                 case "staging":
-                    var staged = TxnWire.FromDto(rec.Txn, out _) ?? meta;
-                    var allFound = true;
-                    var reached = true;
-                    foreach (var k in rec.InFlight ?? [])
-                    {
-                        RpcResponse q;
-                        try
-                        {
-                            q = await _sender.SendAsync(new RpcRequest { Method = RpcMethods.KvQueryIntent, Key = k, Txn = staged.ToDto(), Mode = "prevent" }, k, ct);
-                        }
-                        catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
-                        {
-                            reached = false;
-                            break;
-                        }
-
-                        if (q.Error is not null)
-                        {
-                            reached = false;
-                            break;
-                        }
-
-                        if (!q.Found)
-                        {
-                            allFound = false;
-                            break;
-                        }
-                    }
-
-                    if (reached)
-                    {
-                        try
-                        {
-                            await _sender.SendAsync(new RpcRequest { Method = RpcMethods.KvTxnRecover, Mode = allFound ? "commit" : "abort", Txn = staged.ToDto() }, meta.Anchor, ct);
-                        }
-                        catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
-                        {
-                        }
-                    }
-
+                    var staged = (TxnWire.FromDto(rec.Txn, out _) ?? meta) with { Anchor = meta.Anchor };
+                    var reached = await StatusRecovery.RunAsync(SendCatchingAsync, staged, rec.InFlight ?? [], prevent: true, ct);
                     await Task.Delay(TimeSpan.FromMilliseconds(reached ? 0 : 100), _env.Time, ct);
                     continue;
                 default:

@@ -678,31 +678,10 @@ internal sealed class TxnReplica(IReplicaHost host)
     /// </summary>
     private async Task RecoverAsync(TxnMeta pushee, RpcResponse staging, CancellationToken ct)
     {
-        var rec = TxnWire.FromDto(staging.Txn, out _);
-        if (rec is null)
+        if (TxnWire.FromDto(staging.Txn, out _) is { } rec)
         {
-            return;
+            await StatusRecovery.RunAsync(RouteCatchingAsync, rec with { Anchor = pushee.Anchor }, staging.InFlight ?? [], prevent: !host.Bugs.HasFlag(TxnBugs.RecoveryWithoutPrevent), ct);
         }
-
-        var allFound = true;
-        foreach (var k in staging.InFlight ?? [])
-        {
-            var q = await RouteCatchingAsync(
-                new RpcRequest { Method = RpcMethods.KvQueryIntent, Key = k, Txn = rec.ToDto(), Mode = host.Bugs.HasFlag(TxnBugs.RecoveryWithoutPrevent) ? "query" : "prevent" }, k, ct);
-            if (q.Error is not null)
-            {
-                return; // try again on the next push
-            }
-
-            if (!q.Found)
-            {
-                allFound = false;
-                break; // one prevented write decides: abort
-            }
-        }
-
-        await RouteCatchingAsync(
-            new RpcRequest { Method = RpcMethods.KvTxnRecover, Txn = rec.ToDto(), Mode = allFound ? "commit" : "abort" }, pushee.Anchor, ct);
     }
 
     /// <summary>Routes; a transport failure (no leaseholder answered) becomes an Unavailable answer.</summary>
