@@ -14,10 +14,11 @@
 // - The lease is held by the Raft leader: the lease manager (every tick) extends the leader's own lease when less
 //   than half of it is left, and takes over a lease only after the previous one expired (its start is after that
 //   expiration). Leases are replicated commands (RangeStateMachine applies the rules deterministically).
-// - Writes hold the latches of their keys from evaluation to application, are timestamped by the HLC at the
-//   leaseholder (after any read it served, so no write lands below a served read), carry the lease sequence they
-//   were evaluated under (rejected at apply if the lease changed) and are acknowledged only once applied here.
-// - Reads hold the latches of their key and read at the HLC's now from the local MVCC state.
+// - Evaluation (plain and transactional) is TxnReplica's (Txn/ReplicaTxn.cs): writes hold the latches of their keys
+//   from evaluation until applied and written here, are timestamped above every read of their keys (timestamp
+//   cache), carry the lease sequence they were evaluated under (void at apply if the lease changed); reads hold their
+//   key's latch, read at the HLC's now and record the read; intents in the way are pushed and resolved first.
+// - Transactions of this server's clients are coordinated here (Txn/Sessions.cs, TxnCoordinator).
 // Failure cases: a leaseholder crash leaves its ranges without a lease until its lease expires (at most the lease
 // duration after its last extension) and a new Raft leader takes over; writes in flight get Ambiguous (the proposal
 // may commit) or a retryable error if they provably did not. A server whose clock is further than the max offset
