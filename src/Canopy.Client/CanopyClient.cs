@@ -27,7 +27,7 @@ using Canopy.Rpc;
 /// A connection to a Canopy cluster. Thread-safe: one instance serves any number of concurrent callers.
 /// Create with <see cref="ConnectAsync"/>; dispose to close the connections.
 /// </summary>
-public sealed class CanopyClient : IAsyncDisposable
+public sealed partial class CanopyClient : IAsyncDisposable
 {
     private const int RedirectsBeforeBackoff = 3;
     private const int UnavailableBeforeMovingOn = 3;

@@ -375,7 +375,8 @@ public sealed class MvccStore
     private static bool IsTombstone(byte[] stored) => DecodeVersion(stored) is null;
 
     /// <summary>The value of a stored version, or null for a deletion.</summary>
-    private static byte[]? DecodeVersion(byte[] stored) => stored switch
+    /// <exception cref="FormatException">The bytes are not a stored version.</exception>
+    public static byte[]? DecodeVersion(byte[] stored) => stored switch
     {
         [TombstoneTag] => null,
         [ValueTag, ..] => stored[1..],

@@ -73,9 +73,16 @@ public sealed class RangeStateMachine : IReplicaStateMachine
     public Lease Lease => _publishedLease;
 
     /// <inheritdoc/>
-    public void Written() => _publishedLease = _lease;
+    public void Written()
+    {
+        _publishedLease = _lease;
+        Feed.Flush();
+    }
 
     public MvccStore Mvcc => _mvcc;
+
+    /// <summary>The change feed of this replica (served at the leaseholder; see RangeFeed).</summary>
+    public RangeFeed Feed { get; } = new();
 
     public ulong Applied { get; private set; }
 
@@ -145,6 +152,7 @@ public sealed class RangeStateMachine : IReplicaStateMachine
         _descriptor = descriptor;
         _lease = lease;
         _publishedLease = lease;
+        Feed.Reset();
         Applied = snapshot.Meta.Index;
         batch.Put(RangeKeys.RangeDescriptor(_rangeId), descriptor.Encode());
         batch.Put(RangeKeys.Lease(_rangeId), lease.Encode());
@@ -196,6 +204,8 @@ public sealed class RangeStateMachine : IReplicaStateMachine
             {
                 _mvcc.Delete(batch, x.Key, x.Timestamp);
             }
+
+            Feed.CollectVersion(x.Key, x.Timestamp, x.Value);
         }
 
         return ApplyResult.Applied;
@@ -231,6 +241,8 @@ public sealed class RangeStateMachine : IReplicaStateMachine
             {
                 batch.Delete(op.Key);
             }
+
+            Feed.Collect(op);
         }
 
         return ApplyResult.Applied;

@@ -56,6 +56,12 @@ public enum RpcErrorCode
 
     /// <summary>A conditional write found another value than expected. Final for that request.</summary>
     ConditionFailed = 11,
+
+    /// <summary>
+    /// A change feed cursor is no longer valid here (the lease moved, the feed restarted, or the reader fell too far
+    /// behind): register again (no cursor) from the last resolved timestamp.
+    /// </summary>
+    FeedRestart = 12,
 }
 
 /// <summary>An RPC request: a method name and its arguments.</summary>
@@ -186,12 +192,18 @@ public sealed record RpcResponse
     /// <summary>Deps query: the transactions waiting on the asked one.</summary>
     public IReadOnlyList<string>? Deps { get; init; }
 
+    /// <summary>Range feed: committed versions (not in timestamp order; duplicates possible).</summary>
+    public IReadOnlyList<KvEvent>? Events { get; init; }
+
     public static RpcResponse Fail(RpcErrorCode code, string message, ulong hint = 0, string? hintAddress = null) =>
         new() { Error = new RpcError(code, message, hint, hintAddress) };
 }
 
 /// <summary>A key and its value.</summary>
 public sealed record KvPair(byte[] Key, byte[] Value);
+
+/// <summary>A committed version seen by a range feed: key, timestamp ("wall.logical") and value (null: a deletion).</summary>
+public sealed record KvEvent(byte[] Key, string Ts, byte[]? Value);
 
 /// <summary>What a server knows of one range (its local replica's view).</summary>
 public sealed record RangeInfo
@@ -297,4 +309,7 @@ public static class RpcMethods
     public const string KvResolve = "kv_resolve";
     public const string KvQueryIntent = "kv_query_intent";
     public const string KvRefresh = "kv_refresh";
+
+    // Change feeds (docs/subscriptions.md): long-polled reads of a range's committed changes at its leaseholder.
+    public const string RangeFeed = "rangefeed";
 }

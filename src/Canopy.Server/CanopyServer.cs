@@ -80,6 +80,13 @@ public sealed record ServerOptions
 
     public Action<string> Log { get; init; } = _ => { };
 
+    /// <summary>
+    /// How far behind the leaseholder's clock a range's closed timestamp trails (change feeds: a subscriber sees a write
+    /// about this long after it commits). Writes of transactions older than this are pushed above it (and refresh), so
+    /// it must stay above a typical transaction's duration; 50 ms suits game traffic on one site.
+    /// </summary>
+    public TimeSpan ClosedTimestampLag { get; init; } = TimeSpan.FromMilliseconds(50);
+
     /// <summary>The WebSocket gateway on the HTTP port (/ws): token and limits (docs/protocol.md).</summary>
     public Canopy.Gateway.GatewayOptions Gateway { get; init; } = new();
 }
@@ -652,6 +659,11 @@ public sealed partial class CanopyServer : IAsyncDisposable
             case RpcMethods.Batch:
                 return await PlainWriteAsync(request, ct);
             default:
+                if (request.Method == RpcMethods.RangeFeed)
+                {
+                    return await HandleRangeFeedAsync(request, ct);
+                }
+
                 if (request.Method.StartsWith("kv_", StringComparison.Ordinal))
                 {
                     return await Txn.HandleAsync(request, ct);

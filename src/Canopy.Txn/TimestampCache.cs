@@ -46,6 +46,18 @@ public sealed class TimestampCache
         }
     }
 
+    /// <summary>Raises the low-water mark to <paramref name="ts"/> (a closed timestamp): no write goes at or below it.</summary>
+    public void AdvanceLowWater(HlcTimestamp ts)
+    {
+        lock (_gate)
+        {
+            if (ts > _low)
+            {
+                _low = ts;
+            }
+        }
+    }
+
     /// <summary>Records a read of <paramref name="key"/> at <paramref name="ts"/> by <paramref name="txn"/> (Guid.Empty: not transactional).</summary>
     public void AddRead(byte[] key, HlcTimestamp ts, Guid txn)
     {

@@ -87,6 +87,13 @@ internal sealed class TxnReplica(IReplicaHost host)
         public readonly TimestampCache Cache = new();
         public readonly Dictionary<byte[], int> InFlight = new(ByteArrayComparer.Instance);
         public ulong LeaseSequence = ulong.MaxValue;
+
+        /// <summary>The closed timestamp: no write is evaluated at or below it any more (the cache's low water is at least it).</summary>
+        public HlcTimestamp Closed;
+
+        /// <summary>Writes evaluated (timestamp chosen) but not yet applied: id → the lowest timestamp they may write at.</summary>
+        public readonly Dictionary<long, HlcTimestamp> Evaluating = [];
+        public long NextEval;
     }
 
     private RangeConcurrency Concurrency(RangeStateMachine sm, Lease lease)
@@ -98,6 +105,7 @@ internal sealed class TxnReplica(IReplicaHost host)
             {
                 c.Cache.Reset(lease.Start);
                 c.LeaseSequence = lease.Sequence;
+                c.Closed = lease.Start; // every write under this lease is above its start
             }
         }
 
@@ -118,6 +126,53 @@ internal sealed class TxnReplica(IReplicaHost host)
             RpcMethods.KvRefresh => await RefreshAsync(request, ct),
             _ => RpcResponse.Fail(RpcErrorCode.BadRequest, $"unknown method '{request.Method}'"),
         };
+    }
+
+    // ---------------------------------------------------------------- closed timestamps (change feeds)
+
+    /// <summary>
+    /// Closes <paramref name="target"/> on the range (if above what is closed: no write is evaluated at or below it
+    /// from now on; the timestamp cache's low water rises to it) and returns the bound for resolved timestamps: the
+    /// closed timestamp, lowered below every write evaluated but not yet applied. Call only as the leaseholder, under
+    /// <paramref name="lease"/>.
+    /// </summary>
+    public HlcTimestamp CloseAndBound(RangeStateMachine sm, Lease lease, HlcTimestamp target)
+    {
+        var conc = Concurrency(sm, lease);
+        lock (conc.Gate)
+        {
+            if (target > conc.Closed)
+            {
+                conc.Cache.AdvanceLowWater(target);
+                conc.Closed = target;
+            }
+
+            var bound = conc.Closed;
+            foreach (var ts in conc.Evaluating.Values)
+            {
+                if (ts.Prev() < bound)
+                {
+                    bound = ts.Prev();
+                }
+            }
+
+            return bound;
+        }
+    }
+
+    /// <summary>
+    /// Pushes the transaction of an intent that holds a change feed's resolved timestamp back (as a non-transactional
+    /// reader at <paramref name="pushTo"/>): an abandoned transaction is aborted or recovered and its intent resolved;
+    /// a finished one's intent is resolved; a live one is left alone (its coordinator resolves it). Best effort.
+    /// </summary>
+    public async Task PushForFeedAsync(RangeStateMachine sm, byte[] key, HlcTimestamp pushTo, CancellationToken ct)
+    {
+        if (sm.Mvcc.GetIntent(key) is not { } intent)
+        {
+            return;
+        }
+
+        _ = await HandleConflictAsync(sm, key, intent, pusher: null, abort: false, pushTo, host.Time.GetUtcNow() + TimeSpan.FromMilliseconds(300), ct);
     }
 
     // ---------------------------------------------------------------- reads
@@ -337,6 +392,7 @@ internal sealed class TxnReplica(IReplicaHost host)
                 var conc = Concurrency(sm, lease);
                 var txnId = txn?.Id ?? Guid.Empty;
                 var ts = txn?.WriteTimestamp ?? now;
+                var evalId = -1L;
                 lock (conc.Gate)
                 {
                     // Registered before the timestamp cache is consulted: a scan that records its span after this
@@ -354,6 +410,15 @@ internal sealed class TxnReplica(IReplicaHost host)
                             ts = read.Next();
                         }
                     }
+
+                    if (ts <= conc.Closed)
+                    {
+                        ts = conc.Closed.Next(); // the closed timestamp (with the NoTimestampCache bug too)
+                    }
+
+                    // Until it is applied (or given up), this write holds the range's resolved timestamp below ts.
+                    evalId = conc.NextEval++;
+                    conc.Evaluating[evalId] = ts;
                 }
 
                 try
@@ -388,6 +453,7 @@ internal sealed class TxnReplica(IReplicaHost host)
                 {
                     lock (conc.Gate)
                     {
+                        conc.Evaluating.Remove(evalId);
                         foreach (var w in writes)
                         {
                             if (conc.InFlight.TryGetValue(w.Key, out var n))
