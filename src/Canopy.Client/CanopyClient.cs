@@ -136,7 +136,25 @@ public sealed partial class CanopyClient : IAsyncDisposable
     /// request, not to the whole scan. The scan is not a snapshot across requests. Starts no lower than the user key
     /// space (keys starting with 0x00 are the system's).
     /// </summary>
-    public async Task<IReadOnlyList<KvPair>> ScanAsync(byte[] start, byte[]? end, int limit = 0, CancellationToken ct = default)
+    public Task<IReadOnlyList<KvPair>> ScanAsync(byte[] start, byte[]? end, int limit = 0, CancellationToken ct = default) =>
+        ScanCoreAsync(start, end, limit, null, ct);
+
+    /// <summary>
+    /// Like <see cref="ScanAsync(byte[], byte[], int, CancellationToken)"/>, but every page reads at timestamp
+    /// <paramref name="at"/> (a time the cluster has reached, e.g. from <see cref="NowAsync"/> or a watch's resolved
+    /// timestamp): the pages together are one consistent snapshot at <paramref name="at"/>, whatever ranges they cross.
+    /// </summary>
+    public Task<IReadOnlyList<KvPair>> ScanAtAsync(byte[] start, byte[]? end, CanopyTimestamp at, int limit = 0, CancellationToken ct = default) =>
+        ScanCoreAsync(start, end, limit, at.ToString(), ct);
+
+    /// <summary>The cluster's current time as one server's hybrid clock reads it.</summary>
+    public async Task<CanopyTimestamp> NowAsync(CancellationToken ct = default)
+    {
+        var r = await ExecuteAsync(new RpcRequest { Method = RpcMethods.Ping }, null, null, ct).ConfigureAwait(false);
+        return CanopyTimestamp.TryParse(r.Timestamp, out var ts) ? ts : throw new CanopyRpcException(RpcErrorCode.Internal, "the server's ping carried no timestamp");
+    }
+
+    private async Task<IReadOnlyList<KvPair>> ScanCoreAsync(byte[] start, byte[]? end, int limit, string? at, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(start);
         if (start.Length > CanopyKeys.MaxKeyBytes || end?.Length > CanopyKeys.MaxKeyBytes)
@@ -155,7 +173,7 @@ public sealed partial class CanopyClient : IAsyncDisposable
             }
 
             var want = limit <= 0 ? _options.ScanPageSize : Math.Min(_options.ScanPageSize, limit - rows.Count);
-            var request = new RpcRequest { Method = RpcMethods.Scan, Key = cursor, EndKey = end, Limit = want };
+            var request = new RpcRequest { Method = RpcMethods.Scan, Key = cursor, EndKey = end, Limit = want, Timestamp = at };
             var sentEnd = end;
 
             // Each attempt asks for no more than the range it is routed to: the server serves one range.

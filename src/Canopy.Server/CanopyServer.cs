@@ -653,7 +653,18 @@ public sealed partial class CanopyServer : IAsyncDisposable
                     ? RpcResponse.Fail(RpcErrorCode.BadRequest, badKey)
                     : await Txn.ReadAsync(request.Key!, null, point: true, 0, null, ct);
             case RpcMethods.Scan:
-                return await Txn.ReadAsync(request.Key is { Length: > 0 } scanStart ? scanStart : [0x01], request.EndKey, point: false, request.Limit, null, ct);
+                HlcTimestamp? at = null;
+                if (request.Timestamp is { } atText)
+                {
+                    if (!HlcTimestamp.TryParse(atText, out var atTs) || atTs.IsZero)
+                    {
+                        return RpcResponse.Fail(RpcErrorCode.BadRequest, $"bad read timestamp '{atText}'");
+                    }
+
+                    at = atTs;
+                }
+
+                return await Txn.ReadAsync(request.Key is { Length: > 0 } scanStart ? scanStart : [0x01], request.EndKey, point: false, request.Limit, null, ct, at);
             case RpcMethods.Put:
             case RpcMethods.Delete:
             case RpcMethods.Batch:

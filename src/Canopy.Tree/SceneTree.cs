@@ -27,7 +27,18 @@ public sealed class SceneTree
 
     /// <summary>A tree whose transactions run through <paramref name="client"/>.</summary>
     public static SceneTree ForClient(CanopyClient client, string treeName, SceneTreeOptions? options = null, TransactionOptions? transactionOptions = null) =>
-        new(treeName, CanopyTreeTxn.Runner(client, transactionOptions), options);
+        new(treeName, CanopyTreeTxn.Runner(client, transactionOptions), options) { Client = client };
+
+    /// <summary>The client subscriptions use (set by <see cref="ForClient"/>; a gateway sets its own).</summary>
+    public CanopyClient? Client { get; init; }
+
+    /// <summary>
+    /// Subscribes to <paramref name="interest"/> (docs/subscriptions.md): a snapshot batch then consistent batches of
+    /// node events; with <paramref name="from"/>, resumes after that resolved timestamp instead (no snapshot).
+    /// </summary>
+    public IAsyncEnumerable<TreeBatch> WatchAsync(TreeInterest interest, CanopyTimestamp? from = null, WatchOptions? options = null, CancellationToken ct = default) =>
+        new TreeWatcher(Client ?? throw new InvalidOperationException("this SceneTree has no client to subscribe with (use SceneTree.ForClient)"), Keys)
+            .WatchAsync(interest, from, options, ct);
 
     public TreeKeys Keys { get; }
 

@@ -93,6 +93,77 @@ public sealed class TreeKeys
     /// <summary>The shard of a node's home under <paramref name="placement"/>.</summary>
     public static int ShardOf(Guid id, Placement placement) => placement.Region is { } r ? ShardOfRegion(r) : ShardOf(id);
 
+    // ---------------------------------------------------------------- parsing (change feeds)
+
+    /// <summary>What a key of a node's home is (other tree keys, locators and sessions, parse as null).</summary>
+    public readonly record struct HomeKey(Guid Node, Placement Placement, byte Suffix, string Name)
+    {
+        public bool IsRecord => Suffix == SuffixRecord;
+
+        public bool IsProperty => Suffix == SuffixProperty;
+    }
+
+    /// <summary>Parses a key of one of this tree's node homes (record, property, child entry); null for anything else.</summary>
+    public HomeKey? ParseHome(ReadOnlySpan<byte> key)
+    {
+        if (key.Length < 1 + _ns.Length + 1 + 16 + 1 || !key.Slice(1, _ns.Length).SequenceEqual(_ns))
+        {
+            return null;
+        }
+
+        var rest = key[(1 + _ns.Length)..];
+        var kind = rest[0];
+        rest = rest[1..];
+        var placement = Placement.Hashed;
+        if (kind == KindRegionHome)
+        {
+            var len = rest[0];
+            if (rest.Length < 1 + len + 16 + 1)
+            {
+                return null;
+            }
+
+            try
+            {
+                placement = Placement.InRegion(FromUtf8(rest.Slice(1, len)));
+            }
+            catch (Exception ex) when (ex is ArgumentException or TreeFormatException)
+            {
+                return null;
+            }
+
+            rest = rest[(1 + len)..];
+        }
+        else if (kind != KindHashHome)
+        {
+            return null;
+        }
+
+        if (rest.Length < 17)
+        {
+            return null;
+        }
+
+        var id = ReadUuid(rest);
+        var suffix = rest[16];
+        if (suffix is not (SuffixRecord or SuffixProperty or SuffixChild))
+        {
+            return null;
+        }
+
+        string name;
+        try
+        {
+            name = rest.Length > 17 ? FromUtf8(rest[17..]) : string.Empty;
+        }
+        catch (Exception ex) when (ex is ArgumentException or TreeFormatException)
+        {
+            return null;
+        }
+
+        return new HomeKey(id, placement, suffix, name);
+    }
+
     // ---------------------------------------------------------------- keys
 
     /// <summary>The prefix of every key of a node's home: record, children index, properties.</summary>

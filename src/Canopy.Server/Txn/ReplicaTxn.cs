@@ -207,12 +207,17 @@ internal sealed class TxnReplica(IReplicaHost host)
     }
 
     /// <summary>A point read (<paramref name="point"/>) or a scan, transactional or not, with conflict handling.</summary>
-    public async Task<RpcResponse> ReadAsync(byte[] key, byte[]? endKey, bool point, int limit, TxnMeta? txn, CancellationToken ct)
+    public async Task<RpcResponse> ReadAsync(byte[] key, byte[]? endKey, bool point, int limit, TxnMeta? txn, CancellationToken ct, HlcTimestamp? at = null)
     {
         var (sm, error) = host.Locate(key);
         if (sm is null)
         {
             return error!;
+        }
+
+        if (at is { } atTs && ObserveTimestamp(atTs) is { } atSkew)
+        {
+            return atSkew; // a historical read: the timestamp may not lie in this server's future
         }
 
         var waitUntil = host.Time.GetUtcNow() + MaxConflictWait;
@@ -230,7 +235,7 @@ internal sealed class TxnReplica(IReplicaHost host)
                 }
 
                 var conc = Concurrency(sm, lease);
-                readTs = txn?.ReadTimestamp ?? now;
+                readTs = txn?.ReadTimestamp ?? at ?? now;
                 var txnId = txn?.Id ?? Guid.Empty;
                 var mvccTxn = txn is null ? (MvccTxn?)null : new MvccTxn(txn.Id, txn.Epoch);
                 var uncertainty = txn is null ? readTs : HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(host.MaxOffset));
