@@ -10,7 +10,7 @@ using Canopy.Variant;
 internal static class GatewayTreeOps
 {
     public static bool IsTreeOp(string op) =>
-        op is "tree_spawn" or "tree_set" or "tree_read" or "tree_free" or "session_open" or "session_renew" or "own_take" or "own_handoff";
+        op is "tree_spawn" or "tree_set" or "tree_read" or "tree_free" or "session_open" or "session_renew" or "own_take" or "own_release" or "own_handoff";
 
     /// <summary>The answer to tree op <paramref name="op"/>; never throws for a refusal (only for bugs and shutdown).</summary>
     public static async Task<VariantDictionary> RunAsync(string op, Fields f, GodotVariant id, TreeTxnRunner runner, VariantDecodeOptions decode, CancellationToken ct)
@@ -90,7 +90,7 @@ internal static class GatewayTreeOps
                     return GatewayProtocol.Result(id, ("ts", r.Timestamp ?? string.Empty), ("expires_at_ms", r.Value.ExpiresAtNanos / 1_000_000), ("lease_ms", (long)r.Value.Lease.TotalMilliseconds));
                 }
 
-                case "own_take":
+                case "own_take" or "own_release":
                 {
                     var session = Require(f, f.String("session", true));
                     var nodes = f.Raw("nodes") switch
@@ -109,7 +109,14 @@ internal static class GatewayTreeOps
                                 ids.Add(await ResolveAsync(t, n).ConfigureAwait(false));
                             }
 
-                            await t.TakeOwnershipAsync(session, ids).ConfigureAwait(false);
+                            if (op == "own_take")
+                            {
+                                await t.TakeOwnershipAsync(session, ids).ConfigureAwait(false);
+                            }
+                            else
+                            {
+                                await t.ReleaseOwnershipAsync(session, ids).ConfigureAwait(false);
+                            }
                         },
                         ct).ConfigureAwait(false);
                     return GatewayProtocol.Result(id, ("ts", ts ?? string.Empty));
@@ -182,7 +189,7 @@ internal static class GatewayTreeOps
     }
 
     /// <summary>A node reference: a UUID string, or a path from the root ("/a/b", "a/b"; "/" is the root).</summary>
-    private static async Task<Guid> ResolveAsync(TreeTransaction t, string node) =>
+    internal static async Task<Guid> ResolveAsync(TreeTransaction t, string node) =>
         Guid.TryParse(node, out var uuid) ? uuid : await t.ResolvePathAsync(node).ConfigureAwait(false) ?? throw new PathNotFoundException(node);
 
     /// <summary>props: Dictionary name → any Variant, each stored as its encoding; nil deletes (tree_set, own_handoff).</summary>
@@ -213,12 +220,14 @@ internal static class GatewayTreeOps
         }
     }
 
-    private static VariantDictionary NodeToVariant(TreeNode n, VariantDecodeOptions decode)
+    private static VariantDictionary NodeToVariant(TreeNode n, VariantDecodeOptions decode) => RecordToVariant(n.Record, n.Properties, decode);
+
+    /// <summary>A node as tree_read and subscription snapshots show it (props decoded from their Variant bytes).</summary>
+    internal static VariantDictionary RecordToVariant(NodeRecord r, IEnumerable<KeyValuePair<string, byte[]>> properties, VariantDecodeOptions decode)
     {
-        var props = n.Properties
+        var props = properties
             .OrderBy(p => p.Key, StringComparer.Ordinal)
-            .Select(p => new KeyValuePair<GodotVariant, GodotVariant>(p.Key, VariantCodec.TryDecode(p.Value, out var v, out _, decode) ? v : new PackedByteArray(p.Value)));
-        var r = n.Record;
+            .Select(p => new KeyValuePair<GodotVariant, GodotVariant>(p.Key, PropValue(p.Value, decode)));
         return new VariantDictionary(
             ("id", r.Id.ToString()),
             ("parent", r.Parent.ToString()),
@@ -230,7 +239,11 @@ internal static class GatewayTreeOps
             ("props", new VariantDictionary(props)));
     }
 
-    private sealed class PathNotFoundException(string path) : Exception($"no node at path '{path}'")
+    /// <summary>A stored property value as a client sees it: the Variant it encodes, or the raw bytes.</summary>
+    internal static GodotVariant PropValue(byte[] value, VariantDecodeOptions decode) =>
+        VariantCodec.TryDecode(value, out var v, out _, decode) ? v : new PackedByteArray(value);
+
+    internal sealed class PathNotFoundException(string path) : Exception($"no node at path '{path}'")
     {
         public string Path { get; } = path;
     }

@@ -27,7 +27,7 @@ using Canopy.Variant;
 using Microsoft.AspNetCore.Http;
 
 /// <summary>Serves the WebSocket protocol over a server's in-process RPC handler.</summary>
-public sealed class WebSocketGateway
+public sealed partial class WebSocketGateway
 {
     private readonly GatewayOptions _options;
     private readonly Func<RpcRequest, CancellationToken, Task<RpcResponse>> _handler;
@@ -35,9 +35,12 @@ public sealed class WebSocketGateway
     private readonly CancellationToken _stopping;
     private readonly VariantDecodeOptions _decodeOptions;
     private readonly TreeTxnRunner _treeRunner;
+    private readonly Func<CancellationToken, Task<Canopy.Client.CanopyClient>>? _watchClient;
     private int _connections;
 
-    public WebSocketGateway(GatewayOptions options, Func<RpcRequest, CancellationToken, Task<RpcResponse>> handler, Action<string> log, CancellationToken stopping)
+    /// <param name="watchClient">The client subscriptions read change feeds with (null: subscriptions are unavailable).</param>
+    public WebSocketGateway(GatewayOptions options, Func<RpcRequest, CancellationToken, Task<RpcResponse>> handler, Action<string> log, CancellationToken stopping,
+        Func<CancellationToken, Task<Canopy.Client.CanopyClient>>? watchClient = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.MaxFrameBytes < 64 || options.MaxInFlight < 1 || options.OutgoingQueue < 1 || options.RateBurst < 1 || options.RatePerSecond <= 0)
@@ -51,6 +54,7 @@ public sealed class WebSocketGateway
         _stopping = stopping;
         _decodeOptions = new VariantDecodeOptions { MaxBytes = options.MaxFrameBytes, MaxDepth = 32 };
         _treeRunner = GatewayTreeTxn.Runner(handler);
+        _watchClient = watchClient;
     }
 
     /// <summary>Connections open now.</summary>
@@ -113,7 +117,7 @@ public sealed class WebSocketGateway
         public volatile bool Ended;
     }
 
-    private sealed class Connection
+    private sealed partial class Connection
     {
         private readonly WebSocketGateway _g;
         private readonly GatewayOptions _o;
@@ -163,6 +167,7 @@ public sealed class WebSocketGateway
             }
 
             BeginClose(WebSocketCloseStatus.NormalClosure, "bye", null);
+            EndSubscriptions();
             List<string> open;
             lock (_txnLock)
             {
@@ -395,6 +400,12 @@ public sealed class WebSocketGateway
                     return;
                 case "txn_get" or "txn_scan" or "txn_put" or "txn_delete" or "txn_cput" or "txn_commit" or "txn_rollback":
                     break;
+                case "subscribe":
+                    await SubscribeAsync(id, f);
+                    return;
+                case "unsubscribe":
+                    await UnsubscribeAsync(id, f);
+                    return;
                 case var treeOp when GatewayTreeOps.IsTreeOp(treeOp):
                     // One server-side transaction per op, begun and ended by the op itself (not counted as the
                     // connection's open transactions); runs under the server's lifetime like the other requests.

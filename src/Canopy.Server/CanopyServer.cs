@@ -305,7 +305,7 @@ public sealed partial class CanopyServer : IAsyncDisposable
         builder.WebHost.ConfigureKestrel(k => k.Listen(endpoint));
         var web = builder.Build();
         web.UseWebSockets();
-        web.Map(Canopy.Gateway.GatewayProtocol.Path, new Canopy.Gateway.WebSocketGateway(_options.Gateway, HandleAsync, _log, _stop.Token).HandleAsync);
+        web.Map(Canopy.Gateway.GatewayProtocol.Path, new Canopy.Gateway.WebSocketGateway(_options.Gateway, HandleAsync, _log, _stop.Token, ct => RouterAsync(ct)).HandleAsync);
         web.MapGet("/health", () => Results.Text(IsInitialized ? "ok" : "waiting for init"));
         web.MapGet("/status", async (HttpContext ctx) =>
         {

@@ -513,14 +513,19 @@ public sealed class TreeTransaction
         }
     }
 
-    /// <summary>Gives up ownership of the nodes (they become unowned). Nodes it does not own are refused.</summary>
-    /// <exception cref="NotOwnerException">A node is not owned by <paramref name="session"/>.</exception>
+    /// <summary>Gives up ownership of the nodes (they become unowned). Unowned nodes are left as they are; nodes another session owns are refused.</summary>
+    /// <exception cref="NotOwnerException">A node is owned by another session.</exception>
     public async Task ReleaseOwnershipAsync(string session, IEnumerable<Guid> nodes)
     {
         ArgumentNullException.ThrowIfNull(nodes);
         foreach (var id in nodes)
         {
             var record = await RequireRecordAsync(id).ConfigureAwait(false);
+            if (record.Owner is null)
+            {
+                continue;
+            }
+
             if (record.Owner != session)
             {
                 throw new NotOwnerException(id, session, record.Owner);
