@@ -110,6 +110,35 @@ public sealed class CanopyTransaction : IAsyncDisposable
         return r.Rows ?? [];
     }
 
+    /// <summary>The values of <paramref name="keys"/> (null: absent), read in one request (the server reads them in parallel).</summary>
+    public async Task<IReadOnlyList<byte[]?>> GetManyAsync(IReadOnlyList<byte[]> keys, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        if (keys.Count == 0)
+        {
+            return [];
+        }
+
+        var r = await CallAsync(new RpcRequest { Method = RpcMethods.TxnGetMany, TxnId = Id, Keys = keys }, ct).ConfigureAwait(false);
+        var values = r.Values ?? [];
+        if (values.Count != keys.Count)
+        {
+            throw new CanopyRpcException(RpcErrorCode.Internal, $"txn_get_many answered {values.Count} values for {keys.Count} keys");
+        }
+
+        return values;
+    }
+
+    /// <summary>Puts (Value set) and deletes (Value null) in one request; like as many PutAsync/DeleteAsync calls in order.</summary>
+    public async Task WriteManyAsync(IReadOnlyList<KvWrite> writes, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(writes);
+        if (writes.Count > 0)
+        {
+            await CallAsync(new RpcRequest { Method = RpcMethods.TxnWriteMany, TxnId = Id, Writes = writes }, ct).ConfigureAwait(false);
+        }
+    }
+
     public Task PutAsync(byte[] key, byte[] value, CancellationToken ct = default) =>
         CallAsync(new RpcRequest { Method = RpcMethods.TxnPut, TxnId = Id, Key = key, Value = value }, ct);
 

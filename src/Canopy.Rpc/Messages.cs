@@ -104,6 +104,9 @@ public sealed record RpcRequest
     /// <summary>Every key the transaction wrote (the record keeps them for resolution).</summary>
     public IReadOnlyList<byte[]>? LockKeys { get; init; }
 
+    /// <summary>txn_get_many: the keys to read (at most 10,000).</summary>
+    public IReadOnlyList<byte[]>? Keys { get; init; }
+
     /// <summary>Push: the transactions waiting on the pusher (deadlock detection).</summary>
     public IReadOnlyList<string>? Deps { get; init; }
 
@@ -191,6 +194,9 @@ public sealed record RpcResponse
 
     /// <summary>Deps query: the transactions waiting on the asked one.</summary>
     public IReadOnlyList<string>? Deps { get; init; }
+
+    /// <summary>txn_get_many: one value per key asked, in order (null: absent).</summary>
+    public IReadOnlyList<byte[]?>? Values { get; init; }
 
     /// <summary>Range feed: committed versions (not in timestamp order; duplicates possible).</summary>
     public IReadOnlyList<KvEvent>? Events { get; init; }
@@ -291,6 +297,8 @@ public static class RpcMethods
     // Client → gateway: a transaction session, coordinated by the gateway (DESIGN §8).
     public const string TxnBegin = "txn_begin";
     public const string TxnGet = "txn_get";
+    public const string TxnGetMany = "txn_get_many";
+    public const string TxnWriteMany = "txn_write_many";
     public const string TxnScan = "txn_scan";
     public const string TxnPut = "txn_put";
     public const string TxnDelete = "txn_delete";

@@ -1,6 +1,7 @@
 namespace Canopy.Tree;
 
 using Canopy.Client;
+using Canopy.Rpc;
 
 /// <summary>One key and its value, as a tree scan returns them.</summary>
 public readonly record struct TreeKv(byte[] Key, byte[] Value);
@@ -24,6 +25,19 @@ public interface ITreeTxn
 }
 
 /// <summary>
+/// Optional for an <see cref="ITreeTxn"/>: several reads or writes at once (pipelined), for batched property writes.
+/// The results are as if done one after the other (writes to different keys; reads before the batch's writes).
+/// </summary>
+public interface ITreeTxnBatch
+{
+    /// <summary>The values of <paramref name="keys"/> (null: absent), in order.</summary>
+    Task<byte[]?[]> GetManyAsync(IReadOnlyList<byte[]> keys, CancellationToken ct = default);
+
+    /// <summary>Puts (value set) and deletes (null), all different keys.</summary>
+    Task WriteManyAsync(IReadOnlyList<(byte[] Key, byte[]? Value)> writes, CancellationToken ct = default);
+}
+
+/// <summary>
 /// Optional for an <see cref="ITreeTxn"/>: the transaction's own read timestamp (HLC wall time, Unix nanoseconds).
 /// When the transaction offers it, lease expiry is judged by it instead of the local clock (docs/tree.md, "Time").
 /// The SDK's transaction does not expose its timestamp yet, so <see cref="CanopyTreeTxn"/> does not implement this.
@@ -41,8 +55,14 @@ public interface ITreeTxnClock
 public delegate Task<TransactionResult> TreeTxnRunner(Func<ITreeTxn, Task> body, CancellationToken ct);
 
 /// <summary><see cref="ITreeTxn"/> over the .NET SDK's transaction.</summary>
-public sealed class CanopyTreeTxn(CanopyTransaction txn) : ITreeTxn
+public sealed class CanopyTreeTxn(CanopyTransaction txn) : ITreeTxn, ITreeTxnBatch
 {
+    public async Task<byte[]?[]> GetManyAsync(IReadOnlyList<byte[]> keys, CancellationToken ct = default) =>
+        [.. await Transaction.GetManyAsync(keys, ct).ConfigureAwait(false)];
+
+    public Task WriteManyAsync(IReadOnlyList<(byte[] Key, byte[]? Value)> writes, CancellationToken ct = default) =>
+        Transaction.WriteManyAsync(writes.Select(w => new KvWrite(w.Key, w.Value)).ToList(), ct);
+
     public CanopyTransaction Transaction { get; } = txn ?? throw new ArgumentNullException(nameof(txn));
 
     public Task<byte[]?> GetAsync(byte[] key, CancellationToken ct = default) => Transaction.GetAsync(key, ct);

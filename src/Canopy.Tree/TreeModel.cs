@@ -120,7 +120,14 @@ public sealed record SpawnedNode(Guid Id, string Name, IReadOnlyList<SpawnedNode
 }
 
 /// <summary>Property writes for one node: a null value deletes the property.</summary>
-public sealed record NodeProperties(Guid Node, IReadOnlyDictionary<string, byte[]?> Values);
+public sealed record NodeProperties(Guid Node, IReadOnlyDictionary<string, byte[]?> Values)
+{
+    /// <summary>
+    /// Where the writer believes the node lives (an owner knows its nodes): its record is then read there directly,
+    /// without the locator; if it is not there (the node moved), the locator is read as usual.
+    /// </summary>
+    public Placement? PlacementHint { get; init; }
+}
 
 /// <summary>A session's lease as stored.</summary>
 /// <param name="Id">The session id.</param>

@@ -394,7 +394,14 @@ public sealed class TreeTransaction
     public async Task SetPropertiesAsync(string? session, IEnumerable<NodeProperties> batch)
     {
         ArgumentNullException.ThrowIfNull(batch);
-        foreach (var node in batch)
+        var list = batch as IReadOnlyList<NodeProperties> ?? batch.ToList();
+        if (_txn is ITreeTxnBatch many && list.Count > 1 && list.All(n => n.PlacementHint is not null && n.Node != SceneTree.Root))
+        {
+            await SetPropertiesPipelinedAsync(session, list, many).ConfigureAwait(false);
+            return;
+        }
+
+        foreach (var node in list)
         {
             foreach (var name in node.Values.Keys)
             {
@@ -414,6 +421,40 @@ public sealed class TreeTransaction
 
             await WritePropertiesAsync(record, node.Values).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// The owner's fast path: every record read at its hinted placement in one pipelined batch (a node not found there
+    /// moved: read through its locator), ownership checked, then every property written in one pipelined batch.
+    /// </summary>
+    private async Task SetPropertiesPipelinedAsync(string? session, IReadOnlyList<NodeProperties> list, ITreeTxnBatch many)
+    {
+        foreach (var node in list)
+        {
+            foreach (var name in node.Values.Keys)
+            {
+                TreeKeys.ValidatePropertyName(name);
+            }
+        }
+
+        var values = await many.GetManyAsync(list.Select(n => _keys.Record(n.Node, n.PlacementHint!.Value)).ToList(), _ct).ConfigureAwait(false);
+        var writes = new List<(byte[] Key, byte[]? Value)>();
+        for (var i = 0; i < list.Count; i++)
+        {
+            var node = list[i];
+            var record = values[i] is { } bytes ? TreeCodec.DecodeRecord(bytes) : await RequireRecordAsync(node.Node).ConfigureAwait(false);
+            if (record.Owner is { } owner && owner != session)
+            {
+                throw new NotOwnerException(record.Id, session, owner);
+            }
+
+            foreach (var (name, value) in node.Values)
+            {
+                writes.Add((_keys.Property(record.Id, record.Placement, name), value));
+            }
+        }
+
+        await many.WriteManyAsync(writes, _ct).ConfigureAwait(false);
     }
 
     private async Task WritePropertiesAsync(NodeRecord record, IReadOnlyDictionary<string, byte[]?> values)

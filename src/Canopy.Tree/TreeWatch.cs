@@ -126,27 +126,48 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
             while (i < batch.Changes.Count)
             {
                 var ts = batch.Changes[i].Timestamp;
-                var recordsChanged = new HashSet<Guid>();
-                var propsChanged = new Dictionary<Guid, HashSet<string>>();
+
+                // What each touched record and property was before this commit, to report only real changes (a move
+                // re-keys every property of a node without changing its value).
+                var recordsBefore = new Dictionary<Guid, NodeRecord?>();
+                var propsBefore = new Dictionary<(Guid Node, string Name), byte[]?>();
                 for (; i < batch.Changes.Count && batch.Changes[i].Timestamp == ts; i++)
                 {
                     var c = batch.Changes[i];
-                    if (Apply(homes, c.Key, c.Value) is { } hk)
+                    if (keys.ParseHome(c.Key) is not { } hk)
                     {
-                        if (hk.IsRecord)
-                        {
-                            recordsChanged.Add(hk.Node);
-                        }
-                        else if (hk.IsProperty)
-                        {
-                            if (!propsChanged.TryGetValue(hk.Node, out var set))
-                            {
-                                propsChanged[hk.Node] = set = new HashSet<string>(StringComparer.Ordinal);
-                            }
-
-                            set.Add(hk.Name);
-                        }
+                        continue;
                     }
+
+                    var home = homes.GetValueOrDefault(hk.Node);
+                    if (hk.IsRecord)
+                    {
+                        recordsBefore.TryAdd(hk.Node, home?.Record);
+                    }
+                    else if (hk.IsProperty)
+                    {
+                        propsBefore.TryAdd((hk.Node, hk.Name), home?.Props.GetValueOrDefault(hk.Name));
+                    }
+
+                    Apply(homes, c.Key, c.Value);
+                }
+
+                var recordsChanged = recordsBefore.Where(r => r.Value != homes.GetValueOrDefault(r.Key)?.Record).Select(r => r.Key).ToHashSet();
+                var propsChanged = new Dictionary<Guid, HashSet<string>>();
+                foreach (var ((node, name), old) in propsBefore)
+                {
+                    var now = homes.GetValueOrDefault(node)?.Props.GetValueOrDefault(name);
+                    if (old is null ? now is null : now is not null && old.AsSpan().SequenceEqual(now))
+                    {
+                        continue;
+                    }
+
+                    if (!propsChanged.TryGetValue(node, out var set))
+                    {
+                        propsChanged[node] = set = new HashSet<string>(StringComparer.Ordinal);
+                    }
+
+                    set.Add(name);
                 }
 
                 var before = members;

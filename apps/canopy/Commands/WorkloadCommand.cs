@@ -25,6 +25,7 @@ public static class WorkloadCommand
     {
         var workload = new Command("workload", "Run a checking workload against a running cluster.");
         workload.Subcommands.Add(BuildBank());
+        workload.Subcommands.Add(TreeWorkload.Build());
         return workload;
     }
 

@@ -400,6 +400,14 @@ internal sealed class TxnReplica(IReplicaHost host)
                 var evalId = -1L;
                 lock (conc.Gate)
                 {
+                    if (ts <= conc.Closed)
+                    {
+                        // Below the closed timestamp (a transaction older than the closed-timestamp lag): push it to
+                        // now, not just above the closed timestamp, or its retry after refreshing would land below
+                        // the next closed timestamp again and chase it.
+                        ts = HlcTimestamp.Max(ts, now);
+                    }
+
                     // Registered before the timestamp cache is consulted: a scan that records its span after this
                     // waits for us; one that recorded before pushes us (see WaitForWritesInSpanAsync).
                     foreach (var w in writes)

@@ -163,6 +163,29 @@ public sealed partial class CanopyServer : IReplicaHost
 
                     var v = await c.GetAsync(request.Key!, ct);
                     return new RpcResponse { Found = v is not null, Value = v };
+                case RpcMethods.TxnGetMany:
+                    var keys = request.Keys ?? [];
+                    var badMany = keys.Count > 10_000 ? "at most 10,000 keys per txn_get_many" : keys.Select(ValidateKey).FirstOrDefault(b => b is not null);
+                    if (badMany is not null)
+                    {
+                        return RpcResponse.Fail(RpcErrorCode.BadRequest, badMany);
+                    }
+
+                    return new RpcResponse { Values = await c.GetManyAsync(keys, ct) };
+                case RpcMethods.TxnWriteMany:
+                    var writes = request.Writes ?? [];
+                    var badWrite = writes.Count > 10_000 ? "at most 10,000 writes per txn_write_many" : writes.Select(w => ValidateKey(w.Key)).FirstOrDefault(b => b is not null);
+                    if (badWrite is not null)
+                    {
+                        return RpcResponse.Fail(RpcErrorCode.BadRequest, badWrite);
+                    }
+
+                    foreach (var w in writes)
+                    {
+                        await c.WriteAsync(w.Key, w.Value, ct);
+                    }
+
+                    return new RpcResponse();
                 case RpcMethods.TxnScan:
                     var rows = await c.ScanAsync(request.Key is { Length: > 0 } s ? s : [0x01], request.EndKey, request.Limit, ct);
                     return new RpcResponse { Rows = rows };
