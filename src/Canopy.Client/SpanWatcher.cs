@@ -179,6 +179,16 @@ public sealed partial class CanopyClient
                 await BackoffAsync(failures++, ct).ConfigureAwait(false);
                 continue;
             }
+            catch (CanopyRpcException ex)
+            {
+                // The routing loop throws the codes it does not retry itself (FeedRestart among them).
+                response = RpcResponse.Fail(ex.Code, ex.Message);
+            }
+            catch (Exception ex) when (!ct.IsCancellationRequested && ex is not OperationCanceledException)
+            {
+                merge.Fail(ex); // never die silently: a stopped poller would stop the whole watch's frontier
+                return;
+            }
 
             if (response.Error is { } error)
             {
@@ -190,6 +200,7 @@ public sealed partial class CanopyClient
                     case RpcErrorCode.Unavailable:
                     case RpcErrorCode.NotInitialized:
                     case RpcErrorCode.Refused:
+                    case RpcErrorCode.Ambiguous:
                         options.OnRetry?.Invoke($"watch {Describe(start)}: {error.Code}: {error.Message}");
                         cursor = null; // register again from the resolved timestamp
                         await BackoffAsync(failures++, ct).ConfigureAwait(false);

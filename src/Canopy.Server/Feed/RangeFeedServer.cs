@@ -178,9 +178,10 @@ public sealed partial class CanopyServer
         {
             try
             {
-                foreach (var txn in old.GroupBy(o => o.Txn))
+                foreach (var (key, _, _) in old.Take(1000))
                 {
-                    var (key, _, _) = txn.First();
+                    // One push per key: the first finds out the transaction's fate (recovering it if abandoned),
+                    // the others find its record final and just resolve their intent.
                     await Txn.PushForFeedAsync(sm, key, now, _stop.Token);
                 }
             }
