@@ -12,8 +12,6 @@ namespace Canopy.Godot.Tests;
 public sealed class GodotEngineTests(GodotCluster cluster, ITestOutputHelper output)
 {
     /// <summary>Server gap found by these tests (see docs/godot.md, "Engine tests"): un-skip once fixed.</summary>
-    private const string SubscriptionsStall = "server gap: on a 3-server cluster sub_batch stops after 1-3 batches (resolved stops advancing, no 200 ms heartbeats) and tree_set slows to 1-2 s; the same GDScript passes on start-single-node";
-
     private static readonly TimeSpan RunDeadline = TimeSpan.FromSeconds(90);
 
     private static string NewTree(string what) => $"{what}-{Guid.NewGuid().ToString("N")[..8]}";
@@ -90,7 +88,7 @@ public sealed class GodotEngineTests(GodotCluster cluster, ITestOutputHelper out
         Assert.Single(run.Marks("b", "b_done"));
     }
 
-    [GodotFact(Skip = SubscriptionsStall)]
+    [GodotFact]
     public async Task SpawnerReplicatesSpawnsChangesInOrderDespawnsAndLateJoiners()
     {
         var tree = NewTree("spawn");
@@ -104,7 +102,7 @@ public sealed class GodotEngineTests(GodotCluster cluster, ITestOutputHelper out
         AssertAllPassed(run, "a", "b", "c");
     }
 
-    [GodotFact(Skip = SubscriptionsStall)]
+    [GodotFact]
     public async Task SubscriptionResumesWithoutGapAfterServerKill()
     {
         var tree = NewTree("resume");
