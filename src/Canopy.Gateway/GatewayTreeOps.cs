@@ -10,7 +10,7 @@ using Canopy.Variant;
 internal static class GatewayTreeOps
 {
     public static bool IsTreeOp(string op) =>
-        op is "tree_spawn" or "tree_set" or "tree_read" or "tree_free" or "session_open" or "session_renew" or "own_take" or "own_release" or "own_handoff";
+        op is "tree_spawn" or "tree_set" or "tree_set_many" or "tree_read" or "tree_free" or "session_open" or "session_renew" or "own_take" or "own_release" or "own_handoff";
 
     /// <summary>The answer to tree op <paramref name="op"/>; never throws for a refusal (only for bugs and shutdown).</summary>
     public static async Task<VariantDictionary> RunAsync(string op, Fields f, GodotVariant id, TreeTxnRunner runner, VariantDecodeOptions decode, CancellationToken ct)
@@ -49,6 +49,52 @@ internal static class GatewayTreeOps
                     var ts = await tree.RunAsync(async t =>
                         await t.SetPropertiesAsync(session, [new NodeProperties(await ResolveAsync(t, node).ConfigureAwait(false), props)]).ConfigureAwait(false), ct).ConfigureAwait(false);
                     return GatewayProtocol.Result(id, ("ts", ts ?? string.Empty));
+                }
+
+                case "tree_set_many":
+                {
+                    // One transaction for many nodes: a synchronizer's changed properties of every owned node per tick.
+                    var session = f.String("session", false);
+                    var nodes = f.Raw("nodes") switch
+                    {
+                        VariantDictionary d => d,
+                        null => throw new ArgumentException("'nodes' (a Dictionary node UUID → props Dictionary) is required"),
+                        _ => throw new ArgumentException("'nodes' must be a Dictionary node UUID → props Dictionary"),
+                    };
+                    var hints = f.Raw("regions") as VariantDictionary;
+                    Check(f);
+                    if (nodes.Count > 10_000)
+                    {
+                        throw new ArgumentException("at most 10,000 nodes per tree_set_many");
+                    }
+
+                    var batch = new List<NodeProperties>(nodes.Count);
+                    foreach (var (k, v) in nodes.Entries)
+                    {
+                        var text = k switch { VariantString s => s.Value, VariantStringName s => s.Value, _ => throw new ArgumentException("'nodes' keys are node UUIDs (Strings)") };
+                        if (!Guid.TryParse(text, out var nodeId))
+                        {
+                            throw new ArgumentException($"'nodes' keys are node UUIDs, not '{text}'");
+                        }
+
+                        var props = PropsOf(v as VariantDictionary ?? throw new ArgumentException($"'nodes' values are Dictionaries (the props of {text})"), "nodes");
+                        Placement? hint = null;
+                        if (hints is not null && hints.TryGetValue(text, out var h))
+                        {
+                            hint = h switch
+                            {
+                                VariantNil => Placement.Hashed,
+                                VariantString rs => Placement.InRegion(rs.Value),
+                                VariantStringName rs => Placement.InRegion(rs.Value),
+                                _ => throw new ArgumentException("'regions' values are region Strings or nil (hash placement)"),
+                            };
+                        }
+
+                        batch.Add(new NodeProperties(nodeId, props) { PlacementHint = hint });
+                    }
+
+                    var ts = await tree.RunAsync(async t => await t.SetPropertiesAsync(session, batch).ConfigureAwait(false), ct).ConfigureAwait(false);
+                    return GatewayProtocol.Result(id, ("ts", ts ?? string.Empty), ("count", batch.Count));
                 }
 
                 case "tree_read":
@@ -202,22 +248,27 @@ internal static class GatewayTreeOps
             case null:
                 return null;
             case VariantDictionary d:
-                var props = new Dictionary<string, byte[]?>(d.Count, StringComparer.Ordinal);
-                foreach (var (k, v) in d.Entries)
-                {
-                    var name = k switch
-                    {
-                        VariantString s => s.Value,
-                        VariantStringName s => s.Value,
-                        _ => throw new ArgumentException($"'{field}' keys must be Strings"),
-                    };
-                    props[name] = v is VariantNil ? null : VariantCodec.Encode(v);
-                }
-
-                return props;
+                return PropsOf(d, field);
             default:
                 throw new ArgumentException($"'{field}' must be a Dictionary");
         }
+    }
+
+    private static Dictionary<string, byte[]?> PropsOf(VariantDictionary d, string field)
+    {
+        var props = new Dictionary<string, byte[]?>(d.Count, StringComparer.Ordinal);
+        foreach (var (k, v) in d.Entries)
+        {
+            var name = k switch
+            {
+                VariantString s => s.Value,
+                VariantStringName s => s.Value,
+                _ => throw new ArgumentException($"'{field}' keys must be Strings"),
+            };
+            props[name] = v is VariantNil ? null : VariantCodec.Encode(v);
+        }
+
+        return props;
     }
 
     private static VariantDictionary NodeToVariant(TreeNode n, VariantDecodeOptions decode) => RecordToVariant(n.Record, n.Properties, decode);

@@ -15,7 +15,7 @@ public sealed class GatewayRpcException(RpcError error)
 }
 
 /// <summary><see cref="ITreeTxn"/> over one coordinator session of the server's in-process handler. One op at a time.</summary>
-public sealed class GatewayTreeTxn : ITreeTxn
+public sealed class GatewayTreeTxn : ITreeTxn, ITreeTxnBatch
 {
     private readonly Func<RpcRequest, CancellationToken, Task<RpcResponse>> _handler;
 
@@ -56,6 +56,15 @@ public sealed class GatewayTreeTxn : ITreeTxn
         var r = await CallAsync(new RpcRequest { Method = RpcMethods.TxnScan, TxnId = Id, Key = start, EndKey = end, Limit = limit }, ct).ConfigureAwait(false);
         return [.. (r.Rows ?? []).Select(row => new TreeKv(row.Key, row.Value))];
     }
+
+    public async Task<byte[]?[]> GetManyAsync(IReadOnlyList<byte[]> keys, CancellationToken ct = default)
+    {
+        var r = await CallAsync(new RpcRequest { Method = RpcMethods.TxnGetMany, TxnId = Id, Keys = keys }, ct).ConfigureAwait(false);
+        return [.. r.Values ?? []];
+    }
+
+    public Task WriteManyAsync(IReadOnlyList<(byte[] Key, byte[]? Value)> writes, CancellationToken ct = default) =>
+        CallAsync(new RpcRequest { Method = RpcMethods.TxnWriteMany, TxnId = Id, Writes = writes.Select(w => new KvWrite(w.Key, w.Value)).ToList() }, ct);
 
     public Task PutAsync(byte[] key, byte[] value, CancellationToken ct = default) =>
         CallAsync(new RpcRequest { Method = RpcMethods.TxnPut, TxnId = Id, Key = key, Value = value }, ct);

@@ -395,7 +395,7 @@ public sealed class TreeTransaction
     {
         ArgumentNullException.ThrowIfNull(batch);
         var list = batch as IReadOnlyList<NodeProperties> ?? batch.ToList();
-        if (_txn is ITreeTxnBatch many && list.Count > 1 && list.All(n => n.PlacementHint is not null && n.Node != SceneTree.Root))
+        if (_txn is ITreeTxnBatch many && list.Count > 1 && list.All(n => n.Node != SceneTree.Root))
         {
             await SetPropertiesPipelinedAsync(session, list, many).ConfigureAwait(false);
             return;
@@ -437,7 +437,21 @@ public sealed class TreeTransaction
             }
         }
 
-        var values = await many.GetManyAsync(list.Select(n => _keys.Record(n.Node, n.PlacementHint!.Value)).ToList(), _ct).ConfigureAwait(false);
+        // Placements: the hint, else the locator (one batch for all nodes without a hint).
+        var placements = new Placement?[list.Count];
+        var unknown = Enumerable.Range(0, list.Count).Where(i => list[i].PlacementHint is null).ToList();
+        var locators = unknown.Count == 0 ? [] : await many.GetManyAsync(unknown.Select(i => _keys.Locator(list[i].Node)).ToList(), _ct).ConfigureAwait(false);
+        for (var i = 0; i < list.Count; i++)
+        {
+            placements[i] = list[i].PlacementHint;
+        }
+
+        for (var j = 0; j < unknown.Count; j++)
+        {
+            placements[unknown[j]] = locators[j] is { } loc ? TreeCodec.DecodeLocator(loc) : throw new NodeNotFoundException(list[unknown[j]].Node);
+        }
+
+        var values = await many.GetManyAsync(list.Select((n, i) => _keys.Record(n.Node, placements[i]!.Value)).ToList(), _ct).ConfigureAwait(false);
         var writes = new List<(byte[] Key, byte[]? Value)>();
         for (var i = 0; i < list.Count; i++)
         {

@@ -129,4 +129,30 @@ public sealed class GatewaySubscriptionTests(GatewayFixture fx) : IClassFixture<
         var enter = Events(batches).Single();
         Assert.Equal(("enter", walker, "cell:1"), (enter.Str("event"), enter.Str("node"), enter.Str("region")));
     }
+
+    [Fact]
+    public async Task Tree_set_many_writes_every_node_in_one_transaction_and_checks_ownership()
+    {
+        await using var c = await fx.ConnectAsync();
+        var tree = UniqueTree();
+        var a = await SpawnAsync(c, tree, "/", "A");
+        var b = await SpawnAsync(c, tree, "/", "B");
+        AssertOk(await c.CallAsync("session_open", ("tree", tree), ("session", "s1")));
+        AssertOk(await c.CallAsync("own_take", ("tree", tree), ("session", "s1"), ("nodes", new VariantArray(a, b))));
+        var nodes = new VariantDictionary((a, Props(("hp", 1L))), (b, Props(("hp", 2L))));
+        var r = await c.CallAsync("tree_set_many", ("tree", tree), ("session", "s1"), ("nodes", nodes), ("regions", new VariantDictionary((a, GodotVariant.Nil))));
+        AssertOk(r);
+        Assert.Equal(2, r.Int("count"));
+        var read = await c.CallAsync("tree_read", ("tree", tree), ("node", "/"));
+        var hp = ((VariantArray)read["nodes"]).Items.Cast<VariantDictionary>().Where(n => n.Str("name") is "A" or "B")
+            .ToDictionary(n => n.Str("name")!, n => ((VariantDictionary)n["props"]).Int("hp"));
+        Assert.Equal(1, hp["A"]);
+        Assert.Equal(2, hp["B"]);
+
+        // Without the owner's session: refused, nothing written.
+        var refused = await c.CallAsync("tree_set_many", ("tree", tree), ("nodes", new VariantDictionary((a, Props(("hp", 9L))), (b, Props(("hp", 9L))))));
+        Assert.Equal("not_owner", refused.Str("code"));
+        var bad = await c.CallAsync("tree_set_many", ("tree", tree), ("nodes", new VariantDictionary(("not-a-uuid", Props()))));
+        Assert.Equal("bad_request", bad.Str("code"));
+    }
 }
