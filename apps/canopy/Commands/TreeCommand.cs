@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Canopy.Client;
 using Canopy.Tree;
 using Canopy.Variant;
 
@@ -19,6 +20,7 @@ public static class TreeCommand
         tree.Subcommands.Add(BuildSpawn());
         tree.Subcommands.Add(BuildSet());
         tree.Subcommands.Add(BuildFree());
+        tree.Subcommands.Add(BuildWatch());
         return tree;
     }
 
@@ -110,6 +112,93 @@ public static class TreeCommand
         }));
         return cmd;
     }
+
+    private static Command BuildWatch()
+    {
+        var host = ClusterCli.HostOption();
+        var name = TreeName();
+        var path = new Argument<string>("path") { Description = "Root of the subtree to watch (default: the whole tree).", DefaultValueFactory = _ => "/" };
+        var regions = new Option<string?>("--regions") { Description = "Watch these regions (comma-separated) instead of a subtree.", HelpName = "r1,r2" };
+        var from = new Option<string?>("--from") { Description = "Resume after this resolved timestamp (wall.logical) instead of printing a snapshot.", HelpName = "ts" };
+        var resolved = new Option<bool>("--resolved") { Description = "Also print every resolved timestamp (heartbeats)." };
+        var cmd = new Command("watch", "Stream a subtree's (or regions') changes: a snapshot, then every committed change in commit order with its timestamp, until interrupted.")
+        {
+            host, name, path, regions, from, resolved,
+        };
+        cmd.SetAction((parseResult, ct) => ClusterCli.RunAsync(parseResult, host, ct, async (client, output) =>
+        {
+            var tree = SceneTree.ForClient(client, parseResult.GetValue(name)!);
+            TreeInterest interest;
+            if (parseResult.GetValue(regions) is { Length: > 0 } rs)
+            {
+                try
+                {
+                    interest = TreeInterest.OfRegions(rs.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+                }
+                catch (ArgumentException e)
+                {
+                    throw CliException.Usage($"--regions: {e.Message}");
+                }
+            }
+            else
+            {
+                interest = TreeInterest.OfSubtree(await ResolveAsync(tree, parseResult.GetValue(path)!, ct));
+            }
+
+            CanopyTimestamp? start = null;
+            if (parseResult.GetValue(from) is { } f)
+            {
+                start = CanopyTimestamp.TryParse(f, out var ts) ? ts : throw CliException.Usage($"--from: '{f}' is not a timestamp (wall.logical)");
+            }
+
+            var names = new Dictionary<Guid, string>();
+            var showResolved = parseResult.GetValue(resolved);
+            try
+            {
+                await foreach (var batch in tree.WatchAsync(interest, start, null, ct))
+                {
+                    foreach (var e in batch.Events)
+                    {
+                        if (e.Record is { } r)
+                        {
+                            names[e.Node] = r.Name;
+                        }
+
+                        var label = names.TryGetValue(e.Node, out var n) ? $"{n} {e.Node.ToString()[..8]}" : e.Node.ToString();
+                        var what = e.Kind switch
+                        {
+                            TreeEventKind.Enter => $"{(batch.IsSnapshot ? "node " : "enter")} {label}  ({e.Record!.Type}){(e.Record.Owner is { } o ? $" owner={o}" : string.Empty)}{(e.Record.Placement.Region is { } rg ? $" region={rg}" : string.Empty)}",
+                            TreeEventKind.Leave => $"leave {label}",
+                            _ => $"update {label}{(e.Record is { } rr ? $"  ({rr.Type}) parent={rr.Parent.ToString()[..8]} owner={rr.Owner ?? "-"} region={rr.Placement.Region ?? "-"}" : string.Empty)}",
+                        };
+                        var props = string.Join(' ', e.Properties.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => $".{p.Key}={Show(p.Value)}"));
+                        output.WriteLine($"{e.Timestamp} {what}{(props.Length > 0 ? "  " + props : string.Empty)}");
+                    }
+
+                    if (batch.IsSnapshot)
+                    {
+                        output.WriteLine($"{batch.Resolved} # snapshot of {batch.Events.Count} nodes; changes follow");
+                    }
+                    else if (showResolved)
+                    {
+                        output.WriteLine($"{batch.Resolved} # resolved");
+                    }
+
+                    await output.FlushAsync(ct);
+                }
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                // interrupted: done
+            }
+
+            return ExitCodes.Success;
+        }));
+        return cmd;
+    }
+
+    private static string Show(byte[]? v) =>
+        v is null ? "(deleted)" : VariantCodec.TryDecode(v, out var value, out _) ? value.ToString() ?? string.Empty : "0x" + Convert.ToHexString(v);
 
     private static async Task<Guid> ResolveAsync(SceneTree tree, string path, CancellationToken ct) =>
         path.Trim('/').Length == 0 ? SceneTree.Root : await tree.ResolvePathAsync(path, ct) ?? throw new CliException($"no node at path '{path}' in tree {tree.Name}");
