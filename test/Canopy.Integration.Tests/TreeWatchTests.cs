@@ -163,4 +163,113 @@ public sealed class TreeWatchTests(InProcessCluster cluster)
         Assert.True(cA.Nodes.ContainsKey(walker));
         Assert.Empty(cB.Nodes);
     }
+
+    /// <summary>
+    /// Issue 5's first "done means": two SDK clients entering the cluster at different servers. A spawns a subtree and
+    /// writes its nodes' sequence numbers at 20 Hz; B's subscription sees the spawn, every acknowledged update once and
+    /// in order, and the free; B takes over one node by handoff while A keeps writing the others, and nothing is lost
+    /// or applied twice.
+    /// </summary>
+    [Fact]
+    public async Task TwoClientsOnDifferentServersHandoffWhileWritingLosesAndDuplicatesNothing()
+    {
+        await using var clientA = await CanopyClient.ConnectAsync([cluster.Addresses[0], cluster.Addresses[1], cluster.Addresses[2]]);
+        await using var clientB = await CanopyClient.ConnectAsync([cluster.Addresses[1], cluster.Addresses[2], cluster.Addresses[0]]);
+        var name = $"h-{Guid.NewGuid().ToString("N")[..8]}";
+        var a = SceneTree.ForClient(clientA, name);
+        var b = SceneTree.ForClient(clientB, name);
+        var squad = (await a.SpawnAsync(SceneTree.Root, NodeSpec.Class("Squad", "Node3D") with
+        {
+            Children = [.. Enumerable.Range(0, 4).Select(i => NodeSpec.Class($"U{i}", "Node3D") with { Properties = new Dictionary<string, byte[]> { ["seq"] = B("0") } })],
+        })).Value;
+        var units = squad.Children.Select(c => c.Id).ToArray();
+        await using var sessionA = await a.StartSessionAsync($"{name}-A");
+        await using var sessionB = await b.StartSessionAsync($"{name}-B");
+        await a.TakeOwnershipAsync(sessionA.Id, units);
+
+        // B subscribes (through its own client) before A writes.
+        await using var sub = b.WatchAsync(TreeInterest.OfSubtree(squad.Id)).GetAsyncEnumerator();
+        var copy = new Copy();
+        var log = new List<TreeBatch>();
+        await FollowUntilAsync(sub, copy, c => c.Nodes.Count == 5, log);
+
+        var next = new long[units.Length];
+        var acked = new System.Collections.Concurrent.ConcurrentDictionary<(int, long), bool>();
+        var ownedByA = new HashSet<int>(Enumerable.Range(0, units.Length));
+        using var stop = new CancellationTokenSource();
+        var iterationsA = 0;
+        async Task WriteLoopAsync(SceneTree tree, string session, Func<IReadOnlyList<int>> mine, bool isA)
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                var batch = mine().Select(i => (i, seq: Interlocked.Increment(ref next[i]))).ToList();
+                if (batch.Count > 0)
+                {
+                    await tree.SetPropertiesAsync(session, batch.Select(x => new NodeProperties(units[x.i], new Dictionary<string, byte[]?> { ["seq"] = B(x.seq.ToString(System.Globalization.CultureInfo.InvariantCulture)) })).ToList());
+                    foreach (var x in batch)
+                    {
+                        acked[(x.i, x.seq)] = true;
+                    }
+                }
+
+                if (isA)
+                {
+                    Interlocked.Increment(ref iterationsA);
+                }
+
+                await Task.Delay(50); // 20 Hz
+            }
+        }
+
+        var writerA = WriteLoopAsync(a, sessionA.Id, () => { lock (ownedByA) { return [.. ownedByA]; } }, isA: true);
+        await Task.Delay(500);
+
+        // Hand unit 0 to B (owner and final value in one transaction) while A keeps writing units 1..3.
+        lock (ownedByA)
+        {
+            ownedByA.Remove(0);
+        }
+
+        // A stops writing a node before handing it off: wait until its batch that may still include unit 0 is done.
+        var seenIterations = Volatile.Read(ref iterationsA);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (Volatile.Read(ref iterationsA) < seenIterations + 2)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "A's writer made no progress");
+            await Task.Delay(10);
+        }
+
+        var final = Interlocked.Increment(ref next[0]);
+        await a.HandoffAsync(sessionA.Id, sessionB.Id, units[0], new Dictionary<string, byte[]?> { ["seq"] = B(final.ToString(System.Globalization.CultureInfo.InvariantCulture)) });
+        acked[(0, final)] = true;
+        await Assert.ThrowsAsync<NotOwnerException>(() => a.SetPropertyAsync(sessionA.Id, units[0], "seq", B("-1")));
+        var writerB = WriteLoopAsync(b, sessionB.Id, () => [0], isA: false);
+        await Task.Delay(1000);
+        await stop.CancelAsync();
+        await Task.WhenAll(writerA, writerB);
+        var freedAt = CanopyTimestamp.Parse((await a.FreeAsync(squad.Id)).Timestamp!);
+
+        await FollowUntilAsync(sub, copy, c => c.Nodes.Count == 0, log);
+        var seen = new Dictionary<int, List<long>>();
+        foreach (var ev in log.SelectMany(x => x.Events))
+        {
+            var i = Array.IndexOf(units, ev.Node);
+            if (i >= 0 && ev.Properties.TryGetValue("seq", out var v) && v is not null)
+            {
+                (seen.TryGetValue(i, out var l) ? l : seen[i] = []).Add(long.Parse(S(v), System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        for (var i = 0; i < units.Length; i++)
+        {
+            var mine = seen[i];
+            Assert.Equal(mine.Distinct().Order(), mine); // strictly increasing: no duplicate, no reordering
+            var ackedHere = acked.Keys.Where(k => k.Item1 == i).Select(k => k.Item2).Order().ToList();
+            Assert.Equal(ackedHere, mine.Where(x => x > 0).ToList()); // every acknowledged update, nothing else
+        }
+
+        Assert.Contains(seen[0], x => x == final);
+        Assert.True(copy.Resolved >= freedAt, "the subscription's resolved timestamp passed the free");
+        Assert.Contains(log, x => x.Events.Any(e => e.Kind == TreeEventKind.Leave));
+    }
 }
