@@ -233,33 +233,62 @@ public sealed class TxnCoordinator
     {
         EnsureOpen();
         var results = new byte[]?[keys.Count];
+        var index = new Dictionary<byte[], List<int>>(ByteArrayComparer.Instance);
+        for (var i = 0; i < keys.Count; i++)
+        {
+            if (_written.TryGetValue(keys[i], out var own))
+            {
+                results[i] = own;
+            }
+            else if (index.TryGetValue(keys[i], out var list))
+            {
+                list.Add(i);
+            }
+            else
+            {
+                index[keys[i]] = [i];
+            }
+        }
+
+        if (index.Count == 0)
+        {
+            return results;
+        }
+
         while (true)
         {
-            var pending = new List<(int Index, Task<RpcResponse> Read)>();
-            for (var i = 0; i < keys.Count; i++)
-            {
-                if (_written.TryGetValue(keys[i], out var own))
-                {
-                    results[i] = own;
-                }
-                else
-                {
-                    pending.Add((i, SendOrRetryAsync(new RpcRequest { Method = RpcMethods.KvTxnRead, Key = keys[i], Txn = Meta.ToDto() }, keys[i], ct)));
-                }
-            }
-
-            await Task.WhenAll(pending.Select(p => p.Read).Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
+            // One request per range: each leaseholder reads the keys of its range and hands back the others.
+            IReadOnlyList<byte[]> rest = [.. index.Keys];
             var uncertain = HlcTimestamp.Zero;
-            foreach (var (i, read) in pending)
+            while (rest.Count > 0)
             {
-                var resp = await read; // rethrows a restart
+                var resp = await SendOrRetryAsync(new RpcRequest { Method = RpcMethods.KvTxnRead, Keys = rest, Key = rest[0], Txn = Meta.ToDto() }, rest[0], ct);
                 if (resp.Status == "uncertain")
                 {
-                    uncertain = HlcTimestamp.Max(uncertain, HlcTimestamp.Parse(resp.Timestamp!));
-                    continue;
+                    uncertain = HlcTimestamp.Parse(resp.Timestamp!);
+                    break;
                 }
 
-                results[i] = resp.Found ? resp.Value ?? [] : null;
+                var values = resp.Values ?? [];
+                var others = resp.LockKeys ?? [];
+                if (values.Count != rest.Count || others.Count >= rest.Count)
+                {
+                    throw new TxnRequestException(RpcErrorCode.Internal, "a multi-key read answered no progress");
+                }
+
+                var notHere = new HashSet<byte[]>(others, ByteArrayComparer.Instance);
+                for (var j = 0; j < rest.Count; j++)
+                {
+                    if (!notHere.Contains(rest[j]))
+                    {
+                        foreach (var i in index[rest[j]])
+                        {
+                            results[i] = values[j];
+                        }
+                    }
+                }
+
+                rest = others;
             }
 
             if (!uncertain.IsZero)
@@ -268,9 +297,9 @@ public sealed class TxnCoordinator
                 continue; // read everything again at the new timestamp
             }
 
-            foreach (var (i, _) in pending)
+            foreach (var k in index.Keys)
             {
-                _reads.Add((keys[i], null, false));
+                _reads.Add((k, null, false));
             }
 
             return results;
@@ -890,11 +919,21 @@ public sealed class TxnCoordinator
         }
 
         var from = Meta.ReadTimestamp;
-        var checks = _reads.Select(span => SendCatchingAsync(
-            new RpcRequest { Method = RpcMethods.KvRefresh, Key = span.Start, EndKey = span.End, Mode = span.Span ? "span" : "key", FromTimestamp = from.ToString(), Timestamp = to.ToString(), Txn = Meta.ToDto() },
+
+        // Spans one request each; point reads in multi-key requests (one per range, each leaseholder handing back
+        // the keys of other ranges), all in parallel.
+        var checks = _reads.Where(r => r.Span).Select(span => SendCatchingAsync(
+            new RpcRequest { Method = RpcMethods.KvRefresh, Key = span.Start, EndKey = span.End, Mode = "span", FromTimestamp = from.ToString(), Timestamp = to.ToString(), Txn = Meta.ToDto() },
             span.Start,
             ct)).ToList();
+        var points = _reads.Where(r => !r.Span).Select(r => r.Start).Distinct(ByteArrayComparer.Instance).ToList();
+        var pointCheck = RefreshPointsAsync(points, from, to, ct);
         var results = await Task.WhenAll(checks);
+        if (!await pointCheck)
+        {
+            return false;
+        }
+
         foreach (var r in results)
         {
             if (r.Error is not null || r.Status != "ok")
@@ -907,6 +946,26 @@ public sealed class TxnCoordinator
         }
 
         Meta = Meta with { ReadTimestamp = to, WriteTimestamp = HlcTimestamp.Max(Meta.WriteTimestamp, to) };
+        return true;
+    }
+
+    private async Task<bool> RefreshPointsAsync(List<byte[]> keys, HlcTimestamp from, HlcTimestamp to, CancellationToken ct)
+    {
+        IReadOnlyList<byte[]> rest = keys;
+        while (rest.Count > 0)
+        {
+            var r = await SendCatchingAsync(
+                new RpcRequest { Method = RpcMethods.KvRefresh, Key = rest[0], Keys = rest, Mode = "keys", FromTimestamp = from.ToString(), Timestamp = to.ToString(), Txn = Meta.ToDto() },
+                rest[0],
+                ct);
+            if (r.Error is not null || r.Status != "ok" || (r.LockKeys?.Count ?? 0) >= rest.Count)
+            {
+                return false;
+            }
+
+            rest = r.LockKeys ?? [];
+        }
+
         return true;
     }
 

@@ -194,6 +194,16 @@ internal sealed class TxnReplica(IReplicaHost host)
             }
         }
 
+        if (request.Keys is { } many)
+        {
+            if (txn is null || many.Count is 0 or > 10_000 || many.Select(CanopyServer.ValidateKey).FirstOrDefault(b => b is not null) is { } badMany && badMany.Length > 0)
+            {
+                return RpcResponse.Fail(RpcErrorCode.BadRequest, "a multi-key read needs a transaction and 1 to 10,000 valid keys");
+            }
+
+            return await ReadManyAsync(many, txn, ct);
+        }
+
         var point = request.EndKey is null && request.Limit == 0;
         if (point)
         {
@@ -283,6 +293,84 @@ internal sealed class TxnReplica(IReplicaHost host)
 
             // A reader needs the pushee above its read timestamp and uncertainty window (or gone).
             var pushTo = (txn is null ? readTs : HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(host.MaxOffset))).Next();
+            var failed = await HandleConflictAsync(sm, conflictKey!, conflict!, txn, abort: false, pushTo, waitUntil, ct);
+            if (failed is not null)
+            {
+                return failed;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Point reads of several keys in one request (a transaction's batched reads): the keys of this range are read
+    /// under their latches at the transaction's read timestamp, exactly as that many single reads would be (timestamp
+    /// cache, uncertainty, conflicts); the answer has one value per key asked (Values, null: absent or not read here)
+    /// and lists the keys of other ranges in LockKeys, for the caller to ask their leaseholders.
+    /// </summary>
+    private async Task<RpcResponse> ReadManyAsync(IReadOnlyList<byte[]> keys, TxnMeta txn, CancellationToken ct)
+    {
+        var (sm, error) = host.Locate(keys[0]);
+        if (sm is null)
+        {
+            return error!;
+        }
+
+        var d = sm.Descriptor!;
+        var mine = keys.Where(k => d.Contains(k)).Distinct(ByteArrayComparer.Instance).ToList();
+        var rest = keys.Where(k => !d.Contains(k)).ToList();
+        var waitUntil = host.Time.GetUtcNow() + MaxConflictWait;
+        while (true)
+        {
+            MvccIntent? conflict = null;
+            byte[]? conflictKey = null;
+            HlcTimestamp readTs;
+            using (await host.Latches.AcquireAsync(sm.RangeId, mine, ct))
+            {
+                var (lease, _, leaseError) = await host.EnsureLeaseAsync(sm, ct);
+                if (lease is null)
+                {
+                    return leaseError!;
+                }
+
+                var conc = Concurrency(sm, lease);
+                readTs = txn.ReadTimestamp;
+                var mvccTxn = new MvccTxn(txn.Id, txn.Epoch);
+                var uncertainty = HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(host.MaxOffset));
+                var values = new byte[]?[keys.Count];
+                for (var i = 0; i < keys.Count && conflict is null; i++)
+                {
+                    if (!d.Contains(keys[i]))
+                    {
+                        continue;
+                    }
+
+                    var r = sm.Mvcc.GetWithUncertainty(keys[i], readTs, uncertainty, mvccTxn);
+                    switch (r.Status)
+                    {
+                        case MvccReadStatus.Ok:
+                            values[i] = r.IsFound ? r.Value?.Bytes ?? [] : null;
+                            break;
+                        case MvccReadStatus.ReadWithinUncertainty:
+                            return new RpcResponse { Status = "uncertain", Timestamp = r.UncertainTimestamp!.Value.ToString(), Range = host.Info(sm) };
+                        default:
+                            conflict = r.Intent;
+                            conflictKey = keys[i];
+                            break;
+                    }
+                }
+
+                if (conflict is null)
+                {
+                    foreach (var k in mine)
+                    {
+                        conc.Cache.AddRead(k, readTs, txn.Id);
+                    }
+
+                    return new RpcResponse { Values = values, LockKeys = rest, Timestamp = readTs.ToString(), Range = host.Info(sm) };
+                }
+            }
+
+            var pushTo = HlcTimestamp.Max(readTs, txn.MinTimestamp.Add(host.MaxOffset)).Next();
             var failed = await HandleConflictAsync(sm, conflictKey!, conflict!, txn, abort: false, pushTo, waitUntil, ct);
             if (failed is not null)
             {
@@ -1175,6 +1263,11 @@ internal sealed class TxnReplica(IReplicaHost host)
             return skew;
         }
 
+        if (request.Keys is { Count: > 0 } many)
+        {
+            return await RefreshManyAsync(many, txn, from, to, ct);
+        }
+
         var (sm, error) = host.Locate(key);
         if (sm is null)
         {
@@ -1209,6 +1302,43 @@ internal sealed class TxnReplica(IReplicaHost host)
                 Value = changed,
                 Range = host.Info(sm),
             };
+        }
+    }
+
+    /// <summary>Refresh of several point reads at once: the keys of this range; the others come back in LockKeys.</summary>
+    private async Task<RpcResponse> RefreshManyAsync(IReadOnlyList<byte[]> keys, TxnMeta txn, HlcTimestamp from, HlcTimestamp to, CancellationToken ct)
+    {
+        var (sm, error) = host.Locate(keys[0]);
+        if (sm is null)
+        {
+            return error!;
+        }
+
+        var d = sm.Descriptor!;
+        var mine = keys.Where(k => d.Contains(k)).Distinct(ByteArrayComparer.Instance).ToList();
+        using (await host.Latches.AcquireAsync(sm.RangeId, mine, ct))
+        {
+            var (lease, _, leaseError) = await host.EnsureLeaseAsync(sm, ct);
+            if (lease is null)
+            {
+                return leaseError!;
+            }
+
+            var conc = Concurrency(sm, lease);
+            foreach (var k in mine)
+            {
+                conc.Cache.AddRead(k, to, txn.Id);
+            }
+
+            foreach (var k in mine)
+            {
+                if (sm.Mvcc.FindChange(k, null, from, to, txn.Id, point: true) is { } changed)
+                {
+                    return new RpcResponse { Status = "changed", Value = changed, Range = host.Info(sm) };
+                }
+            }
+
+            return new RpcResponse { Status = "ok", LockKeys = keys.Where(k => !d.Contains(k)).ToList(), Range = host.Info(sm) };
         }
     }
 }
