@@ -103,6 +103,26 @@ public sealed class GodotEngineTests(GodotCluster cluster, ITestOutputHelper out
     }
 
     [GodotFact]
+    public async Task SynchronizersBatchEveryOwnedNodeIntoOneTreeSetManyPerTick()
+    {
+        var tree = NewTree("batch");
+        const int Nodes = 20, Frames = 40;
+        var run = await GodotHarness.RunAsync(
+            [
+                Instance("sync_batch", tree, "a", From(0), extra: [$"--n={Nodes}", $"--frames={Frames}"]),
+                Instance("sync_batch", tree, "b", From(1), extra: [$"--n={Nodes}", $"--frames={Frames}"]),
+            ],
+            output, RunDeadline);
+        AssertAllPassed(run, "a", "b");
+        var a = Assert.Single(run.Marks("a", "a_done")).Json["data"]!;
+        var requests = (int)a["requests"]!;
+        output.WriteLine($"{Frames} frames of {Nodes} nodes: {requests} tree_set_many, {(int)a["nodes"]!} node writes, {(int)a["coalesced"]!} coalesced flushes");
+        Assert.InRange(requests, 1, Frames);
+        Assert.Equal(requests * Nodes, (int)a["nodes"]!);
+        Assert.True((int)Assert.Single(run.Marks("b", "b_done")).Json["data"]!["distinct"]! >= 2);
+    }
+
+    [GodotFact]
     public async Task SubscriptionResumesWithoutGapAfterServerKill()
     {
         var tree = NewTree("resume");

@@ -76,6 +76,20 @@ var _subs: Array[CanopySubscription] = []
 var _subs_by_id: Dictionary = {}
 var _early_batches: Dictionary = {}
 var _synchronizers: Dictionary = {}
+var _batch_pending: Dictionary = {}
+var _batch_regions: Dictionary = {}
+var _batch_owners: Dictionary = {}
+var _batch_in_flight: bool = false
+var _batch_flush_queued: bool = false
+var _batch_coalesced_frame: int = -1
+## Counters of the synchronizers' batched writes ([method queue_property_write]): [code]requests[/code]
+## ([code]tree_set_many[/code] sent), [code]nodes[/code] and [code]props[/code] (written, summed over the requests),
+## [code]max_nodes[/code] (the largest batch), [code]coalesced[/code] (frames whose changes waited for the write in
+## flight and went out merged into the next batch), [code]retried[/code] (batches sent again after a retryable error), [code]dropped[/code] (node entries
+## given up: not owned, not found, refused).
+## Requests sent per op (e.g. [code]op_counts["tree_set_many"][/code]); for diagnostics and tests.
+var op_counts: Dictionary = {}
+var batch_stats: Dictionary = {"requests": 0, "nodes": 0, "props": 0, "max_nodes": 0, "coalesced": 0, "retried": 0, "dropped": 0}
 var _rng: RandomNumberGenerator = RandomNumberGenerator.new()
 
 
@@ -282,6 +296,116 @@ func ping() -> Dictionary:
 	return await request("ping", {})
 
 
+# -------------------------------------------------------------------------------------------- batched writes
+
+## Queues changed properties of the owned node [param uuid] (a UUID) for the next batched write: at the end of the
+## frame, the queued changes of every node go out as ONE [code]tree_set_many[/code] (one transaction) as this
+## client's session, with [param region] as placement hint ("" = unknown, [code]null[/code] hint = hash placement
+## is never guessed). At most one batch is in flight: changes queued meanwhile are coalesced (a later value of a
+## property replaces the queued one) and sent when the answer arrives, so every node's values commit in the order
+## they were made. [param writer] (a [ClusterSynchronizer]) hears about refusals through
+## [code]_on_write_refused(answer)[/code]. Retryable failures (disconnected, unavailable, timeout, ...) are sent
+## again, merged under newer values.
+func queue_property_write(uuid: String, props: Dictionary, region: String = "", writer: Object = null) -> void:
+	if props.is_empty():
+		return
+	var queued: Dictionary = _batch_pending.get(uuid, {})
+	queued.merge(props, true)
+	_batch_pending[uuid] = queued
+	if not region.is_empty():
+		_batch_regions[uuid] = region
+	if writer != null:
+		_batch_owners[uuid] = writer
+	if _batch_in_flight:
+		var frame := Engine.get_process_frames()
+		if frame != _batch_coalesced_frame:
+			_batch_coalesced_frame = frame
+			batch_stats["coalesced"] += 1
+		return
+	if not _batch_flush_queued:
+		_batch_flush_queued = true
+		_flush_writes.call_deferred()
+
+
+## Removes and returns the queued (not yet sent) changes of [param uuid] (e.g. before a handoff writes final values).
+func take_queued_writes(uuid: String) -> Dictionary:
+	var queued: Dictionary = _batch_pending.get(uuid, {})
+	_batch_pending.erase(uuid)
+	return queued
+
+
+## Whether a batched write is in flight or queued.
+func has_pending_writes() -> bool:
+	return _batch_in_flight or not _batch_pending.is_empty()
+
+
+## Waits until the batched write in flight (if any) is answered, up to [member request_timeout_ms] (a coroutine).
+func wait_write_idle() -> void:
+	var deadline := _now() + request_timeout_ms
+	while _batch_in_flight and _now() < deadline:
+		await get_tree().process_frame
+
+
+func _flush_writes() -> void:
+	_batch_flush_queued = false
+	if _batch_in_flight or _batch_pending.is_empty():
+		return
+	_batch_in_flight = true
+	var nodes := _batch_pending
+	_batch_pending = {}
+	var hints := {}
+	var prop_count := 0
+	for uuid: String in nodes:
+		prop_count += (nodes[uuid] as Dictionary).size()
+		if _batch_regions.has(uuid):
+			hints[uuid] = _batch_regions[uuid]
+	var fields := {"tree": tree_name, "session": session_id, "nodes": nodes}
+	if not hints.is_empty():
+		fields["regions"] = hints
+	batch_stats["requests"] += 1
+	batch_stats["nodes"] += nodes.size()
+	batch_stats["props"] += prop_count
+	batch_stats["max_nodes"] = maxi(int(batch_stats["max_nodes"]), nodes.size())
+	var r := await request("tree_set_many", fields)
+	if not r.get("ok", false) and _on_batch_failed(nodes, r):
+		await _sleep_ms(_backoff_ms(2))  # still "in flight": nothing overtakes the values being retried
+	_batch_in_flight = false
+	if not _batch_pending.is_empty() and not _batch_flush_queued:
+		_batch_flush_queued = true
+		_flush_writes.call_deferred()
+
+
+# Handles a refused batch; true when (part of) it was queued again after a retryable error.
+func _on_batch_failed(nodes: Dictionary, r: Dictionary) -> bool:
+	var code := str(r.get("code", ""))
+	var culprit := str(r.get("node", "")) if r.get("node") != null else ""
+	if code == "not_owner" or code == "not_found":
+		# Refused as a whole because of one node: tell its writer and send the others again at once. When the
+		# answer does not say which node, every writer of the batch checks its ownership.
+		var refused: Array = [culprit] if nodes.has(culprit) else nodes.keys()
+		for uuid: String in refused:
+			nodes.erase(uuid)
+			batch_stats["dropped"] += 1
+			var writer: Variant = _batch_owners.get(uuid)
+			_batch_owners.erase(uuid)
+			_batch_pending.erase(uuid)
+			if is_instance_valid(writer) and (writer as Object).has_method("_on_write_refused"):
+				(writer as Object).call("_on_write_refused", r if uuid == culprit else {})
+	elif not RETRYABLE_CODES.has(code) and code != "ambiguous":
+		push_warning("Canopy: tree_set_many refused (%s: %s); %d node(s) not written" % [code, str(r.get("message", "")), nodes.size()])
+		batch_stats["dropped"] += nodes.size()
+		return false
+	if nodes.is_empty():
+		return false
+	# Send again (after "ambiguous" too: writing the same values twice is harmless), older values under newer ones.
+	batch_stats["retried"] += 1
+	for uuid: String in nodes:
+		var older: Dictionary = nodes[uuid]
+		older.merge(_batch_pending.get(uuid, {}), true)
+		_batch_pending[uuid] = older
+	return code != "not_owner" and code != "not_found"
+
+
 # -------------------------------------------------------------------------------------------- subscriptions
 
 ## Subscribes to the subtree at [param node] (a path or UUID; "/" = the whole tree) and returns the subscription after
@@ -328,6 +452,9 @@ func unregister_synchronizer(uuid: String, sync: Node) -> void:
 	list.erase(sync)
 	if list.is_empty():
 		_synchronizers.erase(uuid)
+	if _batch_owners.get(uuid) == sync:
+		_batch_owners.erase(uuid)
+		_batch_regions.erase(uuid)
 
 
 # -------------------------------------------------------------------------------------------- internals
@@ -485,6 +612,7 @@ func _send(op: String, fields: Dictionary, deadline_ms: int) -> PendingRequest:
 	_next_id += 1
 	p.op = op
 	p.deadline_ms = deadline_ms
+	op_counts[op] = int(op_counts.get(op, 0)) + 1
 	var msg := fields.duplicate()
 	msg["op"] = op
 	msg["id"] = p.id

@@ -225,12 +225,12 @@ func _register_local(node: Node) -> void:
 	_map(node, uuid)
 	var syncs := _synchronizers_of(node)
 	for sync in syncs:
-		sync._bind(_client, uuid, "")
+		sync._bind(_client, uuid, "", region)
 	if own_local_spawns:
 		var own := await _client.take_ownership([uuid])
 		if own.get("ok", false) and is_instance_valid(node):
 			for sync in syncs:
-				sync._set_owner(_client.session_id)
+				sync._set_owner(_client.session_id, str(own.get("ts", "")))
 		elif not own.get("ok", false):
 			push_warning("ClusterSpawner: cannot take ownership of %s: %s" % [node.name, own.get("code")])
 	registered.emit(node, uuid)
@@ -256,7 +256,7 @@ func _on_remote_entered(rec: Dictionary) -> void:
 	node.name = node_name
 	var owner_id: Variant = rec.get("owner")
 	for sync in _synchronizers_of(node):
-		sync._bind(_client, uuid, "" if owner_id == null else str(owner_id))
+		sync._bind(_client, uuid, "" if owner_id == null else str(owner_id), "" if rec.get("region") == null else str(rec["region"]))
 		sync.apply_properties(props)
 	_map(node, uuid)
 	node.tree_exiting.connect(_on_spawned_exiting.bind(node))

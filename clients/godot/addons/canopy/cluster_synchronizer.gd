@@ -7,11 +7,15 @@ extends MultiplayerSynchronizer
 ## ([code]property_get_spawn[/code]). The session that owns the cluster node writes; everybody else applies the values
 ## that arrive through a subscription ([ClusterSpawner] or [method CanopyClient.subscribe_subtree]), in commit order.
 ## [br][br]
-## Writing (owner only): the changed properties of the node go out as one [code]tree_set[/code], at most one in flight
-## per node, so they commit in the order they were made. [code]always[/code] properties are checked every
+## Writing (owner only): [code]always[/code] properties are checked every
 ## [member MultiplayerSynchronizer.replication_interval], [code]on change[/code] ones every
-## [member MultiplayerSynchronizer.delta_interval] (0 = every frame); both write only values that changed since the
-## last write, because the cluster keeps the last value durably (there is nothing to re-send, unlike unreliable UDP).
+## [member MultiplayerSynchronizer.delta_interval] (0 = every frame), on a grid of the interval shared by every
+## synchronizer (so synchronizers with the same interval are due in the same frame); both write only values that
+## changed since the last write, because the cluster keeps the last value durably (nothing to re-send, unlike
+## unreliable UDP). The changes are handed to [method CanopyClient.queue_property_write]: at the end of the frame the
+## changes of ALL the owned nodes of this instance go out as one [code]tree_set_many[/code] (one transaction), with
+## [member cluster_region] as placement hint; one batch is in flight at a time and changes made meanwhile are
+## coalesced into the next, so every node's values commit in the order they were made.
 ## Property names in the cluster are the config's paths as Strings ([code]".:position"[/code], [code]"Sprite:modulate"[/code]).
 ## [br][br]
 ## The built-in SceneMultiplayer also replicates a MultiplayerSynchronizer when the game runs Godot's own multiplayer
@@ -30,7 +34,11 @@ signal cluster_synchronized()
 ## Smooth remote [code]position[/code] / [code]rotation[/code] values (float, Vector2, Vector3) between batches.
 @export var interpolate: bool = false
 ## The cluster node (UUID or path) for a node that no [ClusterSpawner] spawned; a spawner sets it for its nodes.
+## A path is resolved to the node's UUID when the synchronizer enters the tree.
 @export var cluster_node: String = ""
+## The region the cluster node is placed in ("" = by hash or unknown): a placement hint for the batched writes. A
+## spawner sets it from its [member ClusterSpawner.region] or the node's record.
+@export var cluster_region: String = ""
 
 var _client: CanopyClient = null
 var _owned: bool = false
@@ -38,8 +46,8 @@ var _owner: String = ""
 var _last_sent: Dictionary = {}
 var _next_always_ms: int = 0
 var _next_delta_ms: int = 0
-var _write_in_flight: bool = false
 var _last_remote_ts: String = ""
+var _owner_ts: String = ""
 var _last_remote_ms: int = 0
 var _remote_gap_ms: int = 100
 var _interp: Dictionary = {}
@@ -63,7 +71,7 @@ func _exit_tree() -> void:
 func _process(_delta: float) -> void:
 	if not _interp.is_empty():
 		_step_interpolation()
-	if not _owned or _write_in_flight or cluster_node.is_empty() or _client == null or not _client.is_ready():
+	if not _owned or not _is_uuid(_registered_id) or _client == null or not _client.is_ready():
 		return
 	var now := Time.get_ticks_msec()
 	var always_due := now >= _next_always_ms
@@ -84,11 +92,13 @@ func _process(_delta: float) -> void:
 		if not _last_sent.has(key) or not _same(_last_sent[key], value):
 			changed[key] = value
 	if always_due:
-		_next_always_ms = now + int(replication_interval * 1000.0)
+		_next_always_ms = _next_tick(now, replication_interval)
 	if delta_due:
-		_next_delta_ms = now + int(delta_interval * 1000.0)
+		_next_delta_ms = _next_tick(now, delta_interval)
 	if not changed.is_empty():
-		_write(changed)
+		for k: String in changed:
+			_last_sent[k] = changed[k]
+		_client.queue_property_write(cluster_node, changed, cluster_region, self)
 
 
 ## Whether this instance's session owns the cluster node.
@@ -113,7 +123,7 @@ func take_ownership() -> bool:
 		return false
 	var r := await _client.take_ownership([cluster_node])
 	if r.get("ok", false):
-		_set_owner(_client.session_id)
+		_set_owner(_client.session_id, str(r.get("ts", "")))
 	return bool(r.get("ok", false))
 
 
@@ -121,13 +131,16 @@ func take_ownership() -> bool:
 func release_ownership() -> bool:
 	if _client == null or cluster_node.is_empty() or not _owned:
 		return false
-	await _wait_write()
+	await _settle_writes()
 	var final := collect_properties(false)
 	if not final.is_empty():
-		await _client.set_props(cluster_node, final)
+		var w := await _client.set_props(cluster_node, final)
+		if not w.get("ok", false):
+			_on_write_refused(w)
+			return false
 	var r := await _client.release_ownership([cluster_node])
 	if r.get("ok", false):
-		_set_owner("")
+		_set_owner("", str(r.get("ts", "")))
 	return bool(r.get("ok", false))
 
 
@@ -135,10 +148,10 @@ func release_ownership() -> bool:
 func handoff_to(session_id: String) -> bool:
 	if _client == null or cluster_node.is_empty() or not _owned:
 		return false
-	await _wait_write()
+	await _settle_writes()
 	var r := await _client.handoff(cluster_node, session_id, collect_properties(false))
 	if r.get("ok", false):
-		_set_owner(session_id)
+		_set_owner(session_id, str(r.get("ts", "")))
 	elif str(r.get("code", "")) == "not_owner":
 		_set_owner(str(r.get("owner", "")))
 	return bool(r.get("ok", false))
@@ -151,7 +164,7 @@ func refresh_ownership() -> bool:
 	var r := await _client.read_tree(cluster_node, 0)
 	if r.get("ok", false) and not (r["nodes"] as Array).is_empty():
 		var owner_id: Variant = r["nodes"][0].get("owner")
-		_set_owner("" if owner_id == null else str(owner_id))
+		_set_owner("" if owner_id == null else str(owner_id), str(r.get("ts", "")))
 	return _owned
 
 
@@ -195,9 +208,10 @@ func write_property(path: NodePath, value: Variant) -> void:
 
 
 # Called by the spawner (before the node enters the tree for remote spawns).
-func _bind(client: CanopyClient, uuid: String, owner_id: String) -> void:
+func _bind(client: CanopyClient, uuid: String, owner_id: String, region: String = "") -> void:
 	_client = client
 	cluster_node = uuid
+	cluster_region = region
 	_owner = owner_id
 	_owned = client != null and owner_id == client.session_id and not owner_id.is_empty()
 	_last_sent = collect_properties(false) if _owned else {}
@@ -211,9 +225,13 @@ func _on_remote_event(ev: Dictionary) -> void:
 	if not ts.is_empty() and CanopyClient.compare_ts(ts, _last_remote_ts) <= 0:
 		return  # the same event through a second subscription
 	_last_remote_ts = ts
-	if ev.has("owner"):
+	if ev.has("region"):
+		cluster_region = "" if ev.get("region") == null else str(ev["region"])
+	if ev.has("owner") and CanopyClient.compare_ts(ts, _owner_ts) > 0:
+		# Only owner changes newer than what this instance already knows (its own take, handoff or release, whose
+		# events may still be on their way): a stale event must not flip ownership back and forth.
 		var owner_id: Variant = ev.get("owner")
-		_set_owner("" if owner_id == null else str(owner_id))
+		_set_owner("" if owner_id == null else str(owner_id), ts)
 	var props: Dictionary = ev.get("props", {})
 	if props.is_empty() or _owned:
 		return
@@ -225,7 +243,10 @@ func _on_remote_event(ev: Dictionary) -> void:
 	cluster_synchronized.emit()
 
 
-func _set_owner(owner_id: String) -> void:
+## Records the owner as known at timestamp [param ts] ("" = unknown). Called by the spawner and the client.
+func _set_owner(owner_id: String, ts: String = "") -> void:
+	if not ts.is_empty() and CanopyClient.compare_ts(ts, _owner_ts) > 0:
+		_owner_ts = ts
 	_owner = owner_id
 	var mine := _client != null and not owner_id.is_empty() and owner_id == _client.session_id
 	if mine == _owned:
@@ -242,27 +263,68 @@ func _set_owner(owner_id: String) -> void:
 func _register() -> void:
 	if _client == null or cluster_node.is_empty() or _registered_id == cluster_node:
 		return
+	if not _is_uuid(cluster_node):
+		_resolve_path()
+		return
 	if not _registered_id.is_empty():
 		_client.unregister_synchronizer(_registered_id, self)
 	_registered_id = cluster_node
 	_client.register_synchronizer(cluster_node, self)
 
 
-func _write(changed: Dictionary) -> void:
-	_write_in_flight = true
-	var r := await _client.set_props(cluster_node, changed)
-	_write_in_flight = false
-	if r.get("ok", false):
-		for k: String in changed:
-			_last_sent[k] = changed[k]
-	elif str(r.get("code", "")) == "not_owner":
-		_set_owner(str(r.get("owner", "")) if r.get("owner") != null else "")
+# A path in cluster_node: batched writes and subscription events name nodes by UUID, so look it up once.
+func _resolve_path() -> void:
+	var path := cluster_node
+	while _client != null and is_inside_tree() and cluster_node == path:
+		if _client.is_ready():
+			var r := await _client.read_tree(path, 0)
+			if cluster_node != path or not is_inside_tree():
+				return
+			if r.get("ok", false) and not (r["nodes"] as Array).is_empty():
+				var rec: Dictionary = r["nodes"][0]
+				cluster_node = str(rec["id"])
+				if cluster_region.is_empty() and rec.get("region") != null:
+					cluster_region = str(rec["region"])
+				_register()
+				return
+			if str(r.get("code", "")) == "not_found":
+				push_warning("ClusterSynchronizer %s: cluster node %s does not exist" % [get_path(), path])
+				return
+		await get_tree().create_timer(0.2).timeout
 
 
-func _wait_write() -> void:
-	var deadline := Time.get_ticks_msec() + (_client.request_timeout_ms if _client != null else 10000)
-	while _write_in_flight and Time.get_ticks_msec() < deadline:
-		await get_tree().process_frame
+# Called by the client when a batched write was refused because of this node (not_owner, not_found).
+func _on_write_refused(answer: Dictionary) -> void:
+	_last_sent = {}
+	if str(answer.get("code", "")) == "not_owner" and answer.get("owner") != null:
+		_set_owner(str(answer["owner"]))
+	else:
+		await refresh_ownership()
+
+
+# Before a handoff or release: nothing of ours may be written after the final values.
+func _settle_writes() -> void:
+	_client.take_queued_writes(cluster_node)
+	await _client.wait_write_idle()
+	_client.take_queued_writes(cluster_node)
+
+
+static func _is_uuid(text: String) -> bool:
+	if text.length() != 36:
+		return false
+	for i in 36:
+		var c := text.unicode_at(i)
+		if i == 8 or i == 13 or i == 18 or i == 23:
+			if c != 45:  # "-"
+				return false
+		elif not ((c >= 48 and c <= 57) or (c >= 97 and c <= 102) or (c >= 65 and c <= 70)):
+			return false
+	return true
+
+
+static func _next_tick(now_ms: int, interval_s: float) -> int:
+	var iv := int(interval_s * 1000.0)
+	return now_ms if iv <= 0 else (now_ms / iv + 1) * iv
 
 
 func _config_properties() -> Array[NodePath]:

@@ -2,6 +2,9 @@ extends CanopyTest
 ## Ownership: a spawns Hero (owned by a's session). b, on another server, cannot write it (not_owner naming a's
 ## session) nor take it (a's lease is live). a hands it off to b with a final hp in one transaction; a's synchronizer
 ## reports ownership_lost and a's own writes are then refused; b owns it (refresh_ownership) and its writes land.
+## Release: a's own_release of b's node is refused (not_owner); b's synchronizer releases it (final values written,
+## owner nil, ownership_lost), a second own_release of the now unowned node is accepted (skipped), and a takes it
+## back with its synchronizer, whose writes land again.
 
 const PATH := "/Players/Hero"
 
@@ -53,6 +56,25 @@ func _role_a() -> void:
 	await get_tree().create_timer(0.3).timeout
 	var after := await _read(PATH)
 	check(after.get("props", {}).get(".:hp") != 2, "a's synchronizer stopped writing")
+	# Release: wait for b's own write (b owns Hero now), then try to release b's node.
+	if not await poll_until(func() -> bool: return (await _read(PATH)).get("props", {}).get(".:hp") == 78, 20000, "b's write of hp 78"):
+		return
+	var rel := await Canopy.release_ownership([PATH])
+	check_eq(str(rel.get("code", "")), "not_owner", "a cannot release b's node")
+	check_eq(str(rel.get("owner", "")), b_session, "the refusal names b as the owner")
+	check_ok(await Canopy.set_props("/B", {"a_release_refused": true}), "a tells b")
+	if not await poll_until(func() -> bool:
+		var h := await _read(PATH)
+		return not h.is_empty() and h.get("owner") == null,
+		20000, "b to release Hero"):
+		return
+	check_eq((await _read(PATH)).get("props", {}).get(".:hp"), 79, "b's release wrote its final hp first")
+	var gained := [0]
+	sync.ownership_gained.connect(func() -> void: gained[0] += 1)
+	check(await sync.take_ownership(), "a takes the released node back")
+	check(sync.is_owner() and gained[0] == 1, "a's synchronizer owns it again (ownership_gained once)")
+	hero.set("hp", 90)
+	await poll_until(func() -> bool: return (await _read(PATH)).get("props", {}).get(".:hp") == 90, 15000, "a's synchronizer to write again")
 	mark("a_done")
 
 
@@ -83,4 +105,16 @@ func _role_b() -> void:
 	check(await sync.refresh_ownership(), "refresh_ownership: b owns Hero")
 	player.set("hp", 78)
 	await poll_until(func() -> bool: return (await _read(PATH)).get("props", {}).get(".:hp") == 78, 15000, "b's write")
+	if not await poll_until(func() -> bool: return (await _read("/B")).get("props", {}).get("a_release_refused", false) == true,
+		30000, "a's refused release"):
+		return
+	check(sync.is_owner(), "b still owns Hero after a's refused release")
+	var lost := [0]
+	sync.ownership_lost.connect(func() -> void: lost[0] += 1)
+	player.set("hp", 79)  # not yet written by the synchronizer: release_ownership writes it as a final value
+	check(await sync.release_ownership(), "b's release_ownership succeeds")
+	check(not sync.is_owner() and lost[0] == 1, "b's synchronizer no longer owns Hero (ownership_lost once)")
+	var released := await _read(PATH)
+	check(released.get("owner") == null, "the cluster has no owner for Hero")
+	check_ok(await Canopy.release_ownership([PATH]), "own_release of an unowned node is accepted (skipped)")
 	mark("b_done")

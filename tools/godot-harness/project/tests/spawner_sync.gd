@@ -1,6 +1,6 @@
 extends CanopyTest
 ## Needs `subscribe` on the server. Role a spawns Hero and Sidekick through its ClusterSpawner and writes Hero's seq
-## 1..N one committed write at a time, then frees Sidekick and publishes /Done. Role b's ClusterSpawner instantiates
+## 1..N through Hero's ClusterSynchronizer, one committed batch at a time, then frees Sidekick and publishes /Done. Role b's ClusterSpawner instantiates
 ## both (spawned), sees every seq value in order through its ClusterSynchronizer, and sees Sidekick despawned.
 ## Role c joins late (after /Done) and must get the whole current tree: Hero with seq N, no Sidekick.
 
@@ -32,11 +32,15 @@ func _role_a() -> void:
 	var sync := TestWorld.sync_of(hero)
 	if not await wait_until(func() -> bool: return sync.is_owner() and TestWorld.sync_of(sidekick).is_owner(), 15000, "both spawns registered"):
 		return
+	# Through the synchronizer (the owner's only writer), one committed batch per value.
 	for i in range(1, n + 1):
 		step = "seq %d" % i
-		var w := await Canopy.set_props(sync.get_cluster_id(), {".:seq": i})
-		if not w.get("ok", false):
-			check(false, "write seq %d: %s" % [i, str(w.get("code"))])
+		hero.set("seq", i)
+		await get_tree().process_frame
+		if not await wait_until(func() -> bool: return not Canopy.has_pending_writes(), 10000, "seq %d to be written" % i):
+			return
+	var w := await Canopy.read_tree(PATH, 0)
+	check(w.get("ok", false) and w["nodes"][0]["props"].get(".:seq") == n, "the synchronizer wrote seq %d" % n)
 	await poll_until(func() -> bool: return (await Canopy.read_tree("/B_saw_all", 0)).get("ok", false), 30000, "b to see every seq")
 	sidekick.queue_free()
 	await poll_until(func() -> bool: return (await Canopy.read_tree("/Players/Sidekick", 0)).get("code", "") == "not_found", 15000, "Sidekick freed in the cluster")
