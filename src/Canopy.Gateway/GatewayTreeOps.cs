@@ -10,7 +10,7 @@ using Canopy.Variant;
 internal static class GatewayTreeOps
 {
     public static bool IsTreeOp(string op) =>
-        op is "tree_spawn" or "tree_set" or "tree_set_many" or "tree_read" or "tree_free" or "session_open" or "session_renew" or "own_take" or "own_release" or "own_handoff";
+        op is "tree_spawn" or "tree_set" or "tree_set_many" or "tree_move" or "tree_read" or "tree_free" or "session_open" or "session_renew" or "own_take" or "own_release" or "own_handoff";
 
     /// <summary>The answer to tree op <paramref name="op"/>; never throws for a refusal (only for bugs and shutdown).</summary>
     public static async Task<VariantDictionary> RunAsync(string op, Fields f, GodotVariant id, TreeTxnRunner runner, VariantDecodeOptions decode, CancellationToken ct)
@@ -95,6 +95,24 @@ internal static class GatewayTreeOps
 
                     var ts = await tree.RunAsync(async t => await t.SetPropertiesAsync(session, batch).ConfigureAwait(false), ct).ConfigureAwait(false);
                     return GatewayProtocol.Result(id, ("ts", ts ?? string.Empty), ("count", batch.Count));
+                }
+
+                case "tree_move":
+                {
+                    // Re-keys the node (and with subtree, its descendants) into a region, or back to hash placement
+                    // (region nil/absent): one transaction, so a subscriber of both places sees it in exactly one.
+                    var node = Require(f, f.String("node", true));
+                    var region = f.String("region", false);
+                    var subtree = f.Raw("subtree") switch
+                    {
+                        null => false,
+                        VariantBool b => b.Value,
+                        _ => throw new ArgumentException("'subtree' must be a bool"),
+                    };
+                    Check(f);
+                    var placement = region is null ? Placement.Hashed : Placement.InRegion(region);
+                    var r = await tree.RunAsync(async t => await t.MoveAsync(await ResolveAsync(t, node).ConfigureAwait(false), placement, subtree).ConfigureAwait(false), ct).ConfigureAwait(false);
+                    return GatewayProtocol.Result(id, ("moved", r.Value), ("ts", r.Timestamp ?? string.Empty));
                 }
 
                 case "tree_read":

@@ -128,6 +128,18 @@ public sealed class GatewaySubscriptionTests(GatewayFixture fx) : IClassFixture<
         var batches = await ReadBatchesUntilAsync(reader, bs => Events(bs).Any());
         var enter = Events(batches).Single();
         Assert.Equal(("enter", walker, "cell:1"), (enter.Str("event"), enter.Str("node"), enter.Str("region")));
+
+        // tree_move into the other watched region: an update with the new region (never a leave); then out of both: a leave.
+        var moved = await writer.CallAsync("tree_move", ("tree", tree), ("node", walker), ("region", "cell:2"));
+        AssertOk(moved);
+        Assert.Equal(1, moved.Int("moved"));
+        var update = Events(await ReadBatchesUntilAsync(reader, bs => Events(bs).Any())).Single();
+        Assert.Equal(("update", "cell:2"), (update.Str("event"), update.Str("region")));
+        Assert.Null(Seq(update)); // the move re-keys the properties without changing them: not reported as changes
+        AssertOk(await writer.CallAsync("tree_move", ("tree", tree), ("node", walker), ("region", "cell:3")));
+        var left = Events(await ReadBatchesUntilAsync(reader, bs => Events(bs).Any())).Single();
+        Assert.Equal(("leave", walker), (left.Str("event"), left.Str("node")));
+        Assert.Equal("bad_request", (await writer.CallAsync("tree_move", ("tree", tree), ("node", walker), ("subtree", "yes"))).Str("code"));
     }
 
     [Fact]
