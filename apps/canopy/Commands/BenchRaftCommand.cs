@@ -22,6 +22,7 @@ public static class BenchRaftCommand
     {
         var bench = new Command("bench", "Benchmarks.");
         bench.Subcommands.Add(BuildRaft());
+        bench.Subcommands.Add(BenchGodotCommand.Build());
         return bench;
     }
 
