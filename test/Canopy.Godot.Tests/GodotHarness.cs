@@ -84,9 +84,10 @@ public static class GodotHarness
     /// <summary>
     /// Runs the instances at once and returns when all have exited (or <paramref name="deadline"/> passed: then fails).
     /// <paramref name="onEvent"/> sees every event as it arrives (it may act, e.g. kill a server, or answer an instance
-    /// with <see cref="HarnessRun.SendAsync"/>).
+    /// with <see cref="HarnessRun.SendAsync"/>). <paramref name="project"/>: another Godot project to pack (relative to
+    /// the repository root, e.g. <c>clients/godot/demo</c>; default: the harness's test project).
     /// </summary>
-    public static async Task<HarnessRun> RunAsync(IReadOnlyList<GodotInstance> instances, ITestOutputHelper output, TimeSpan deadline, Func<HarnessEvent, HarnessRun, Task>? onEvent = null)
+    public static async Task<HarnessRun> RunAsync(IReadOnlyList<GodotInstance> instances, ITestOutputHelper output, TimeSpan deadline, Func<HarnessEvent, HarnessRun, Task>? onEvent = null, string? project = null)
     {
         if (Setup.Value.Error is { } error)
         {
@@ -103,6 +104,11 @@ public static class GodotHarness
                 ["start_delay_ms"] = i.StartDelayMs,
             })]),
         };
+        if (project is not null)
+        {
+            spec["project"] = project;
+        }
+
         var psi = new ProcessStartInfo("node")
         {
             WorkingDirectory = HarnessDir,

