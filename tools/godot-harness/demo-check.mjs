@@ -46,8 +46,11 @@ for (const r of Object.values(reports)) {
   }
   // Coins.
   check(r.audits > 0 && r.audits_not_conserved === 0, `${r.instance}: ${r.audits_not_conserved} of ${r.audits} audits not conserved`);
-  check(r.last_audit.wallets === 6 && r.last_audit.total === 60, `${r.instance}: last audit ${r.last_audit.total} coins in ${r.last_audit.wallets} wallets`);
+  // An instance that ends before a late starter created its wallets audits fewer wallets: still conserved.
+  check(r.last_audit.wallets >= 1 && r.last_audit.total === 10 * r.last_audit.wallets, `${r.instance}: last audit ${r.last_audit.total} coins in ${r.last_audit.wallets} wallets`);
 }
+check(Object.values(reports).some((r) => r.last_audit.wallets === 6 && r.last_audit.total === 60),
+  `no instance's last audit saw all 6 wallets with 60 coins: ${Object.values(reports).map((r) => `${r.instance} ${r.last_audit.total}/${r.last_audit.wallets}`).join(', ')}`);
 for (const r of Object.values(reports)) for (const m of Object.values(r.moves)) movesTotal += m.length;
 const trades = Object.values(reports).reduce((n, r) => n + r.trades_committed, 0);
 check(movesTotal >= 6, `only ${movesTotal} crossings in the run`);

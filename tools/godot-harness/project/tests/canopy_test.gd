@@ -106,7 +106,7 @@ func wait_message(text: String, timeout_ms: int) -> bool:
 ## Connects the Canopy autoload to --urls with --tree; true once connected and the session is open.
 func connect_canopy(timeout_ms: int = 15000) -> bool:
 	step = "connecting"
-	var options := {"tree": arg("tree", "harness"), "session_lease_ms": int(arg("lease_ms", "3000"))}
+	var options := {"tree": arg("tree", "harness"), "session_lease_ms": int(arg("lease_ms", "10000"))}  # long enough for a loaded CI machine (renewed every third)
 	if check(Canopy.connect_to_cluster(urls(), options) == OK, "connect_to_cluster accepts the URLs"):
 		return await wait_until(Canopy.is_ready, timeout_ms, "the connection and session to %s" % arg("urls"))
 	return false
