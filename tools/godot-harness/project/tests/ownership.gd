@@ -63,11 +63,11 @@ func _role_a() -> void:
 	check_eq(str(rel.get("code", "")), "not_owner", "a cannot release b's node")
 	check_eq(str(rel.get("owner", "")), b_session, "the refusal names b as the owner")
 	check_ok(await Canopy.set_props("/B", {"a_release_refused": true}), "a tells b")
-	if not await poll_until(func() -> bool:
-		var h := await _read(PATH)
-		return not h.is_empty() and h.get("owner") == null,
+	# b releases, then releases again (a no-op on an unowned node), then tells a: only then may a take it back.
+	if not await poll_until(func() -> bool: return (await _read("/B")).get("props", {}).get("b_released", false) == true,
 		20000, "b to release Hero"):
 		return
+	check((await _read(PATH)).get("owner") == null, "Hero has no owner after b's release")
 	check_eq((await _read(PATH)).get("props", {}).get(".:hp"), 79, "b's release wrote its final hp first")
 	var gained := [0]
 	sync.ownership_gained.connect(func() -> void: gained[0] += 1)
@@ -117,4 +117,5 @@ func _role_b() -> void:
 	var released := await _read(PATH)
 	check(released.get("owner") == null, "the cluster has no owner for Hero")
 	check_ok(await Canopy.release_ownership([PATH]), "own_release of an unowned node is accepted (skipped)")
+	check_ok(await Canopy.set_props("/B", {"b_released": true}), "b tells a")
 	mark("b_done")
