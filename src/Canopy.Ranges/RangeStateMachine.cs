@@ -20,6 +20,8 @@
 //   the lease it was evaluated under, and only if every engine key lies in the range's data or record span.
 // Snapshots carry the descriptor, the lease and every engine key of the span (data and transaction records), and
 // replace all of it atomically.
+// Every applied engine op is also handed to the replica's change feed (RangeFeed), which decodes it only once the
+// apply batch is written (Written) and only while someone reads the feed; a snapshot resets the feed.
 namespace Canopy.Ranges;
 
 using System.Buffers.Binary;
