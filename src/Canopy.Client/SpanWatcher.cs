@@ -228,6 +228,7 @@ internal sealed class WatchMerge(CanopyTimestamp from)
     private readonly List<Poller> _pollers = [];
     private readonly SortedDictionary<(CanopyTimestamp Ts, byte[] Key), byte[]?> _pending = new(PendingOrder.Instance);
     private CanopyTimestamp _emitted = from;
+    private CanopyTimestamp? _newestPending; // kept, not searched for: every poller asks for it on every poll
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Exception? _failure;
 
@@ -265,7 +266,7 @@ internal sealed class WatchMerge(CanopyTimestamp from)
         {
             lock (_gate)
             {
-                return _pending.Count == 0 ? null : _pending.Keys.Last().Ts;
+                return _newestPending;
             }
         }
     }
@@ -293,6 +294,10 @@ internal sealed class WatchMerge(CanopyTimestamp from)
                 }
 
                 _pending[(ts, e.Key)] = e.Value;
+                if (_newestPending is not { } newest || ts > newest)
+                {
+                    _newestPending = ts;
+                }
             }
 
             if (resolved is { } r && r > poller.Resolved)
@@ -347,6 +352,11 @@ internal sealed class WatchMerge(CanopyTimestamp from)
             if (changes.Count == 0 && !emitEmpty)
             {
                 return null;
+            }
+
+            if (_pending.Count == 0)
+            {
+                _newestPending = null; // what is left is newer than what was taken, so the newest only changes when none is left
             }
 
             _emitted = frontier;

@@ -109,14 +109,17 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
         {
             foreach (var row in await client.ScanAtAsync(s, e, start, 0, ct).ConfigureAwait(false))
             {
-                Apply(homes, row.Key, row.Value);
+                if (keys.ParseHome(row.Key) is { } hk && hk.Suffix != (byte)'c')
+                {
+                    Apply(homes, hk, row.Value);
+                }
             }
         }
 
         var members = Members(interest, homes);
         if (from is null)
         {
-            yield return new TreeBatch(Order(members, homes, parentsFirst: true).Select(id => EnterEvent(id, start, homes)).ToList(), start, IsSnapshot: true);
+            yield return new TreeBatch(ParentsFirst(members).Select(id => EnterEvent(id, start, homes)).ToList(), start, IsSnapshot: true);
         }
 
         await foreach (var batch in client.WatchAsync(spans, start, options, ct).ConfigureAwait(false))
@@ -134,9 +137,9 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
                 for (; i < batch.Changes.Count && batch.Changes[i].Timestamp == ts; i++)
                 {
                     var c = batch.Changes[i];
-                    if (keys.ParseHome(c.Key) is not { } hk)
+                    if (keys.ParseHome(c.Key) is not { } hk || hk.Suffix == (byte)'c')
                     {
-                        continue;
+                        continue; // locators, sessions, children entries: membership follows the records' parent links
                     }
 
                     var home = homes.GetValueOrDefault(hk.Node);
@@ -149,7 +152,7 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
                         propsBefore.TryAdd((hk.Node, hk.Name), home?.Props.GetValueOrDefault(hk.Name));
                     }
 
-                    Apply(homes, c.Key, c.Value);
+                    Apply(homes, hk, c.Value);
                 }
 
                 var recordsChanged = recordsBefore.Where(r => r.Value != homes.GetValueOrDefault(r.Key)?.Record).Select(r => r.Key).ToHashSet();
@@ -180,8 +183,7 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
                 var left = before.Keys.Where(id => !members.ContainsKey(id)).OrderByDescending(id => before[id]).ToList();
                 events.AddRange(left.Select(id => new TreeEvent(TreeEventKind.Leave, ts, id, null, NoProps)));
                 var entered = members.Keys.Where(id => !before.ContainsKey(id)).ToHashSet();
-                events.AddRange(Order(members.Where(m => entered.Contains(m.Key)).ToDictionary(m => m.Key, m => m.Value), homes, parentsFirst: true)
-                    .Select(id => EnterEvent(id, ts, homes)));
+                events.AddRange(ParentsFirst(members.Where(m => entered.Contains(m.Key))).Select(id => EnterEvent(id, ts, homes)));
                 foreach (var id in recordsChanged.Union(propsChanged.Keys).Where(id => members.ContainsKey(id) && before.ContainsKey(id)))
                 {
                     var props = new Dictionary<string, byte[]?>(StringComparer.Ordinal);
@@ -209,19 +211,14 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
         return new TreeEvent(TreeEventKind.Enter, ts, id, h.Record, h.Props.ToDictionary(p => p.Key, p => (byte[]?)p.Value, StringComparer.Ordinal));
     }
 
-    /// <summary>Applies one key's new value to the copy; returns what the key was (null: not a node home key).</summary>
-    private TreeKeys.HomeKey? Apply(Dictionary<Guid, Home> homes, byte[] key, byte[]? value)
+    /// <summary>Applies one home key's new value (null: deleted) to the copy.</summary>
+    private static void Apply(Dictionary<Guid, Home> homes, TreeKeys.HomeKey hk, byte[]? value)
     {
-        if (keys.ParseHome(key) is not { } hk || hk.Suffix == (byte)'c')
-        {
-            return null; // locators, sessions, children entries: membership follows the records' parent links
-        }
-
         if (!homes.TryGetValue(hk.Node, out var home))
         {
             if (value is null)
             {
-                return hk; // a delete of something never seen (e.g. the old home of a node moved in)
+                return; // a delete of something never seen (e.g. the old home of a node moved in)
             }
 
             homes[hk.Node] = home = new Home();
@@ -246,7 +243,7 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
                 }
                 catch (TreeFormatException)
                 {
-                    return null;
+                    return; // not a record we can read: left as it was
                 }
             }
         }
@@ -266,8 +263,6 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
         {
             homes.Remove(hk.Node);
         }
-
-        return hk;
     }
 
     /// <summary>The members and their depth (0 = the subscription's top).</summary>
@@ -344,12 +339,7 @@ public sealed class TreeWatcher(CanopyClient client, TreeKeys keys)
         return depth;
     }
 
-    /// <summary>Members ordered by depth (then id, for a stable order).</summary>
-    private static IEnumerable<Guid> Order(Dictionary<Guid, int> members, Dictionary<Guid, Home> homes, bool parentsFirst)
-    {
-        _ = homes;
-        return parentsFirst
-            ? members.OrderBy(m => m.Value).ThenBy(m => m.Key).Select(m => m.Key)
-            : members.OrderByDescending(m => m.Value).ThenBy(m => m.Key).Select(m => m.Key);
-    }
+    /// <summary>Members ordered by depth, ancestors first (then id, for a stable order).</summary>
+    private static IEnumerable<Guid> ParentsFirst(IEnumerable<KeyValuePair<Guid, int>> members) =>
+        members.OrderBy(m => m.Value).ThenBy(m => m.Key).Select(m => m.Key);
 }

@@ -196,7 +196,7 @@ internal sealed class TxnReplica(IReplicaHost host)
 
         if (request.Keys is { } many)
         {
-            if (txn is null || many.Count is 0 or > 10_000 || many.Select(CanopyServer.ValidateKey).FirstOrDefault(b => b is not null) is { } badMany && badMany.Length > 0)
+            if (txn is null || many.Count is 0 or > 10_000 || many.Any(k => CanopyServer.ValidateKey(k) is not null))
             {
                 return RpcResponse.Fail(RpcErrorCode.BadRequest, "a multi-key read needs a transaction and 1 to 10,000 valid keys");
             }
